@@ -1,0 +1,168 @@
+"""Sparse annotations: a few fully labeled slices of a volume, everything else unknown.
+
+On disk and in memory a sparse annotation is a uint8 label volume on the image grid:
+``1`` = structure, ``0`` = background, ``255`` = not annotated (nnU-Net v2's ignore label).
+A slice is *annotated* when it holds no 255. Axis names follow METHOD.md: for an array in
+SimpleITK order ``[z, y, x]``, axial = fixed z, coronal = fixed y, sagittal = fixed x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from rada.errors import InputError
+from rada.volume import Volume
+
+BACKGROUND, FOREGROUND, IGNORE = 0, 1, 255
+
+#: Array axis of each view's fixed index, in ``[z, y, x]`` order.
+AXES: dict[str, int] = {"axial": 0, "coronal": 1, "sagittal": 2}
+AXIS_NAMES: tuple[str, str, str] = ("axial", "coronal", "sagittal")
+
+
+def axis_index(axis: int | str) -> int:
+    """Array axis (0, 1, 2) of an axis given by number or by name."""
+    if isinstance(axis, str):
+        if axis not in AXES:
+            raise InputError(f"unknown axis {axis!r}; use one of {', '.join(AXES)}")
+        return AXES[axis]
+    if axis not in (0, 1, 2):
+        raise InputError(f"axis must be 0, 1 or 2, got {axis}")
+    return int(axis)
+
+
+def take_slice(array: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """The 2D slice ``index`` of ``array`` along array ``axis`` (a view, not a copy)."""
+    return array[(slice(None),) * axis + (index,)]
+
+
+@dataclass(frozen=True)
+class SparseAnnotation:
+    """Labels (0/1/255) on the image grid; the annotated slices are those without 255."""
+
+    labels: Volume
+
+    def __post_init__(self) -> None:
+        values = np.unique(self.labels.array)
+        bad = sorted(set(values.tolist()) - {BACKGROUND, FOREGROUND, IGNORE})
+        if bad:
+            shown = ", ".join(str(v) for v in bad[:5]) + (" ..." if len(bad) > 5 else "")
+            raise InputError(f"sparse annotation has values {shown}; only 0 (background), 1 (structure) "
+                             f"and 255 (not annotated) are allowed")
+        if self.labels.array.dtype != np.uint8:
+            object.__setattr__(self, "labels", self.labels.with_array(self.labels.array.astype(np.uint8)))
+
+    @property
+    def array(self) -> np.ndarray:
+        return self.labels.array
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.labels.shape
+
+    def annotated_slices(self, axis: int | str) -> list[int]:
+        """Indices of the slices along ``axis`` that carry no 'not annotated' voxel."""
+        a = axis_index(axis)
+        other = tuple(i for i in range(3) if i != a)
+        return np.flatnonzero(~(self.array == IGNORE).any(axis=other)).tolist()
+
+    def slices(self) -> dict[str, list[int]]:
+        """Annotated slice indices for every axis, by axis name."""
+        return {name: self.annotated_slices(name) for name in AXIS_NAMES}
+
+    def slice_mask(self, axis: int | str, index: int) -> np.ndarray:
+        """The 0/1 structure mask of one annotated slice (bool, 2D)."""
+        a = axis_index(axis)
+        if index not in self.annotated_slices(a):
+            raise InputError(f"slice {index} of the {AXIS_NAMES[a]} axis is not annotated")
+        return take_slice(self.array, a, index) == FOREGROUND
+
+    def known(self) -> np.ndarray:
+        """Bool mask of every annotated voxel."""
+        return self.array != IGNORE
+
+    def foreground(self) -> np.ndarray:
+        return self.array == FOREGROUND
+
+    def validate(self, image: Volume | None = None,
+                 required_axes: Sequence[str] = AXIS_NAMES) -> "SparseAnnotation":
+        """Check the annotation is usable; raise :class:`InputError` with one line otherwise."""
+        if image is not None:
+            mismatch = image.grid_mismatch(self.labels)
+            if mismatch:
+                raise InputError(f"annotation geometry differs from the image: {mismatch}")
+        for name in required_axes:
+            if not self.annotated_slices(name):
+                raise InputError(f"no annotated {name} slice: paint the structure on at least one {name} "
+                                 f"slice (a slice counts as annotated when none of its voxels is 255)")
+        if not self.foreground().any():
+            raise InputError("the annotation marks no structure voxel (no 1 on any annotated slice)")
+        return self
+
+    def extent(self) -> tuple[slice, slice, slice]:
+        """Bounding box of the structure implied by the annotated slices, per array axis.
+
+        Along an axis, the structure cannot reach past the range covered on the annotated
+        slices of the *other* two axes (they cut the whole structure). That bound is what
+        the three painted slices already tell us, before any registration.
+        """
+        fg = self.foreground()
+        bounds = []
+        for a in range(3):
+            coords = np.flatnonzero(fg.any(axis=tuple(i for i in range(3) if i != a)))
+            bounds.append(slice(int(coords.min()), int(coords.max()) + 1))
+        return tuple(bounds)  # type: ignore[return-value]
+
+    @classmethod
+    def from_dense(cls, label: Volume, slices: str | Mapping[str, int | Sequence[int]] = "auto",
+                   foreground_value: int | None = None) -> "SparseAnnotation":
+        """Simulate the annotation protocol from a dense label.
+
+        ``slices="auto"`` picks, per axis, the slice with the largest foreground area; a
+        mapping ``{"axial": 40, "coronal": [50, 60], ...}`` picks given slices.
+        """
+        fg = label.array > 0 if foreground_value is None else label.array == foreground_value
+        if not fg.any():
+            raise InputError("the dense label has no foreground voxel")
+        chosen = pick_largest_slices(fg) if slices == "auto" else _parse_slices(slices, fg.shape)
+        sparse = np.full(fg.shape, IGNORE, np.uint8)
+        for name, indices in chosen.items():
+            a = AXES[name]
+            for idx in indices:
+                index = (slice(None),) * a + (idx,)
+                sparse[index] = fg[index].astype(np.uint8)
+        return cls(label.with_array(sparse))
+
+
+def pick_largest_slices(foreground: np.ndarray) -> dict[str, list[int]]:
+    """Per axis, the slice with the largest foreground area (first one on ties)."""
+    out = {}
+    for name, a in AXES.items():
+        areas = foreground.sum(axis=tuple(i for i in range(3) if i != a))
+        out[name] = [int(np.argmax(areas))]
+    return out
+
+
+def _parse_slices(slices: str | Mapping[str, int | Sequence[int]], shape: Sequence[int]) -> dict[str, list[int]]:
+    if isinstance(slices, str):
+        # "x,y,z" as in the CLI: sagittal (x), coronal (y), axial (z) indices.
+        parts = [p.strip() for p in slices.split(",")]
+        if len(parts) != 3:
+            raise InputError(f"--slices expects 'auto' or three indices x,y,z, got {slices!r}")
+        try:
+            x, y, z = (int(p) for p in parts)
+        except ValueError:
+            raise InputError(f"--slices expects integers x,y,z, got {slices!r}") from None
+        slices = {"sagittal": x, "coronal": y, "axial": z}
+    out: dict[str, list[int]] = {}
+    for name, value in slices.items():
+        a = axis_index(name)
+        indices = [int(value)] if np.isscalar(value) else [int(v) for v in value]
+        for idx in indices:
+            if not 0 <= idx < shape[a]:
+                raise InputError(f"{AXIS_NAMES[a]} slice {idx} is outside the volume (0..{shape[a] - 1})")
+        out[AXIS_NAMES[a]] = indices
+    return out

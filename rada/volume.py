@@ -65,7 +65,7 @@ class Volume:
         for name in ("spacing", "origin", "direction"):
             a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
             if not np.allclose(a, b, atol=tol, rtol=0):
-                return f"{name} {tuple(np.round(a, 5))} vs {tuple(np.round(b, 5))}"
+                return f"{name} {_fmt(a)} vs {_fmt(b)}"
         return None
 
     def crop(self, bounds: Sequence[slice]) -> "Volume":
@@ -102,3 +102,7 @@ class Volume:
 
 def _xyz(shape_zyx: Sequence[int]) -> str:
     return "x".join(str(s) for s in reversed(tuple(shape_zyx)))
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"

@@ -137,6 +137,37 @@ class SparseAnnotation:
         return cls(label.with_array(sparse))
 
 
+def from_painting(painted: Volume, min_area: int = 4) -> SparseAnnotation:
+    """Sparse annotation from a painted mask, as a user paints in Slicer (no 255 anywhere).
+
+    The user paints the structure on a few slices; which slices those were is not stored,
+    so it is recovered: painted slices are planes of many painted voxels, while any other
+    slice only crosses them in thin lines. Greedily, the slice (over all three axes) with
+    the most unexplained painted voxels is taken as painted, its voxels become explained,
+    and so on until every painted voxel is explained. On each painted slice, unpainted
+    voxels are background; everything else is 'not annotated'.
+    """
+    mask = np.asarray(painted.array) > 0
+    if not mask.any():
+        raise InputError("nothing is painted: paint the structure on one slice of each axis")
+    left = mask.copy()
+    chosen: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    while left.any():
+        best = max(((int(left.sum(axis=tuple(i for i in range(3) if i != a)).max()), a) for a in range(3)))
+        area, a = best
+        if area < min_area and any(chosen.values()):
+            break  # stray voxels: a few clicks off the painted planes are not a slice of their own
+        idx = int(np.argmax(left.sum(axis=tuple(i for i in range(3) if i != a))))
+        chosen[a].append(idx)
+        left[(slice(None),) * a + (idx,)] = False
+    sparse = np.full(mask.shape, IGNORE, np.uint8)
+    for a, indices in chosen.items():
+        for idx in indices:
+            index = (slice(None),) * a + (idx,)
+            sparse[index] = mask[index]
+    return SparseAnnotation(painted.with_array(sparse))
+
+
 def pick_largest_slices(foreground: np.ndarray) -> dict[str, list[int]]:
     """Per axis, the slice with the largest foreground area (first one on ties)."""
     out = {}
@@ -166,3 +197,13 @@ def _parse_slices(slices: str | Mapping[str, int | Sequence[int]], shape: Sequen
                 raise InputError(f"{AXIS_NAMES[a]} slice {idx} is outside the volume (0..{shape[a] - 1})")
         out[AXIS_NAMES[a]] = indices
     return out
+
+
+def as_annotation(labels: Volume) -> SparseAnnotation:
+    """A label volume as a sparse annotation: 0/1/255 as is; a plain 0/1 mask is a painting.
+
+    Any value > 0 other than 255 counts as painted when no voxel is 255.
+    """
+    if (labels.array == IGNORE).any():
+        return SparseAnnotation(labels)
+    return from_painting(labels)

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from rada.annotation import SparseAnnotation, as_annotation
 from rada.errors import InputError
 from rada.volume import Volume
 
@@ -187,3 +188,19 @@ def write_segmentation(segmentation: Segmentation, path: str | os.PathLike) -> P
     with atomic_path(target) as tmp:
         slicerio.write_segmentation(str(tmp), seg)
     return target
+
+
+def read_annotation(path: str | os.PathLike, segment: str | None = None) -> SparseAnnotation:
+    """Read a sparse annotation (0/1/255 volume) or a painting (0/1 volume or ``.seg.nrrd``).
+
+    For a ``.seg.nrrd`` with several segments, ``segment`` names the painted one.
+    """
+    p = Path(path)
+    if _is_seg_nrrd(p):
+        seg = read_segmentation(p)
+        if segment is None and len(seg.segments) != 1:
+            names = ", ".join(s.name for s in seg.segments) or "none"
+            raise InputError(f"{p.name} has {len(seg.segments)} segments ({names}); name the painted one")
+        chosen = seg.segment(segment) if segment else seg.segments[0]
+        return as_annotation(seg.reference.with_array(chosen.mask.astype(np.uint8)))
+    return as_annotation(read_volume(p))

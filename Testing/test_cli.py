@@ -1,0 +1,79 @@
+"""The `rada` command: exit codes, one-line errors, outputs only on success."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rada.cli import main
+from rada.io import read_segmentation, read_volume, write_volume
+from rada.metrics import dice
+from rada.phantom import make_phantom
+
+
+def test_demo_runs_on_defaults_and_writes_its_files(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["dice"] > 0.93 and summary["dice"] > summary["baseline_extrude_intersect_dice"]
+    seg = read_segmentation(tmp_path / "demo" / "segmentation.seg.nrrd")
+    truth = read_volume(tmp_path / "demo" / "truth.nrrd")
+    assert seg.reference.same_grid(truth)
+    assert dice(seg.segments[0].mask, truth.array) == pytest.approx(summary["dice"], abs=1e-4)
+
+
+def test_prepare_sparse_segment_evaluate_chain(tmp_path, capsys):
+    image, truth = make_phantom()
+    write_volume(image, tmp_path / "image.nii.gz")
+    write_volume(truth, tmp_path / "truth.nii.gz")
+    assert main(["prepare-sparse", str(tmp_path / "truth.nii.gz"), "--out", str(tmp_path / "sparse.nrrd")]) == 0
+    assert main(["segment", str(tmp_path / "image.nii.gz"), "--annotation", str(tmp_path / "sparse.nrrd"),
+                 "--out", str(tmp_path / "seg.nii.gz"), "--report", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["preset"] == "fast" and report["guidance"]["enabled"] is False
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "seg.nii.gz"), str(tmp_path / "truth.nii.gz"), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["cases"][0]["dice"] > 0.93
+
+
+def test_evaluate_folders_gives_per_case_rows_and_mean(tmp_path, capsys):
+    _, truth = make_phantom()
+    (tmp_path / "pred").mkdir(), (tmp_path / "gt").mkdir()
+    for i in range(3):
+        shifted = truth.with_array(np.roll(truth.array, i, axis=2))
+        write_volume(shifted, tmp_path / "pred" / f"case{i}.nii.gz")
+        write_volume(truth, tmp_path / "gt" / f"case{i}.nii.gz")
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--csv", str(tmp_path / "t.csv")]) == 0
+    table = capsys.readouterr().out
+    assert "case0" in table and "mean" in table and "std" in table
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["segment", "missing.nii.gz", "--annotation", "a.nrrd", "--out", "o.nii.gz"], "no such file"),
+    (["prepare-sparse", "LABEL", "--out", "o.nrrd", "--slices", "1,2"], "three indices"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    _, truth = make_phantom()
+    write_volume(truth, tmp_path / "LABEL.nii.gz")
+    argv = [a.replace("LABEL", "LABEL.nii.gz") for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LABEL.nii.gz"]
+
+
+def test_segment_refuses_a_painting_missing_an_axis(tmp_path, capsys):
+    image, truth = make_phantom()
+    paint = np.zeros(truth.shape, np.uint8)
+    z = int(np.argmax(truth.array.sum(axis=(1, 2))))
+    paint[z] = truth.array[z]  # only one axial slice painted
+    write_volume(image, tmp_path / "image.nrrd")
+    write_volume(truth.with_array(paint), tmp_path / "paint.nrrd")
+    assert main(["segment", str(tmp_path / "image.nrrd"), "--annotation", str(tmp_path / "paint.nrrd"),
+                 "--out", str(tmp_path / "out.nrrd")]) == 2
+    assert "no annotated coronal slice" in capsys.readouterr().err
+    assert not (tmp_path / "out.nrrd").exists()

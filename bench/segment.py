@@ -37,7 +37,7 @@ DATA = ROOT.parent / "shared" / "data"
 def validation_cases() -> list[str]:
     split = ROOT / "bench" / "la2018_split.json"
     if split.exists():
-        return json.loads(split.read_text())["validation"]
+        return json.loads(split.read_text())["val"]
     return (DATA / "la2018" / "cases.list").read_text().split()[-16:]
 
 

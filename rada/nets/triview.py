@@ -1,0 +1,129 @@
+"""Three views, three networks: the tri-view model of DeSCO / SGTC / RADA.
+
+A *view* is data, not code: its name and the array axis (``[z, y, x]`` order) along which its
+pseudo-label was propagated. Every view has its own V-Net and guidance head; all three see
+the same input patch, and differ by the pseudo-labels and voxel weights they learn from
+and by their visual embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rada.annotation import AXES
+from rada.nets.head import GuidanceHead, HeadConfig
+from rada.nets.vnet import VNet, VNetConfig
+
+
+@dataclass(frozen=True)
+class View:
+    """A co-training view: ``name`` and the array axis of its propagation."""
+
+    name: str
+    axis: int
+
+
+#: The three views in the order of METHOD.md (s, c, a).
+VIEWS: tuple[View, ...] = tuple(View(n, AXES[n]) for n in ("sagittal", "coronal", "axial"))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one view's network (the three copies share it)."""
+
+    backbone: VNetConfig = field(default_factory=VNetConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    @classmethod
+    def make(cls, width: int = 16, guidance: bool = True, **head: object) -> "ModelConfig":
+        """Shortcut: ``ModelConfig.make(width=4, guidance=False)``."""
+        return cls(VNetConfig(width=width), HeadConfig(embedding_dim=1024 if guidance else 0, **head))
+
+    def as_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ModelConfig":
+        b, h = dict(d["backbone"]), dict(d["head"])
+        for k in ("encoder_blocks", "decoder_blocks"):
+            b[k] = tuple(b[k])
+        h["controller_dims"] = tuple(h["controller_dims"])
+        return cls(VNetConfig(**b), HeadConfig(**h))
+
+
+class ViewNet(nn.Module):
+    """One view's network: V-Net backbone + guidance head -> logits ``[B, 2, Z, Y, X]``.
+
+    The view's guidance embedding ``concat(text, visual[view])`` (1024 floats, constant:
+    the encoders are frozen) is a buffer, so it travels with the weights.
+    """
+
+    def __init__(self, config: ModelConfig = ModelConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = VNet(config.backbone)
+        self.head = GuidanceHead(config.backbone.bottleneck_channels, config.backbone.width, config.head)
+        if config.head.guided:
+            self.register_buffer("embedding", torch.zeros(config.head.embedding_dim))
+
+    @property
+    def guided(self) -> bool:
+        return self.config.head.guided
+
+    def set_embedding(self, embedding: Tensor) -> None:
+        """Set the constant guidance embedding (1024 floats)."""
+        if not self.guided:
+            raise ValueError("this network was built without guidance")
+        self.embedding.copy_(embedding.detach().reshape(-1).to(self.embedding))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x5, x9 = self.backbone(x)
+        return self.head(x5, x9, self.embedding if self.guided else None)
+
+
+class TriViewModel(nn.Module):
+    """Three :class:`ViewNet`, one per view, addressed by view name."""
+
+    def __init__(self, config: ModelConfig = ModelConfig(), views: Sequence[View] = VIEWS) -> None:
+        super().__init__()
+        self.config = config
+        self.views = tuple(views)
+        self.nets = nn.ModuleDict({v.name: ViewNet(config) for v in self.views})
+
+    def __getitem__(self, name: str) -> ViewNet:
+        return self.nets[name]  # type: ignore[return-value]
+
+    def items(self) -> Iterator[tuple[View, ViewNet]]:
+        for v in self.views:
+            yield v, self.nets[v.name]  # type: ignore[misc]
+
+    @property
+    def guided(self) -> bool:
+        return self.config.head.guided
+
+    def set_guidance(self, text: Tensor, visual: Mapping[str, Tensor]) -> None:
+        """Give every view ``concat(text[512], visual[view][512])``."""
+        for v, net in self.items():
+            net.set_embedding(torch.cat([text.reshape(-1), visual[v.name].reshape(-1)]))
+
+    def forward(self, x: Tensor, view: str | None = None) -> Tensor | dict[str, Tensor]:
+        """Logits of one view, or of every view as a dict."""
+        if view is not None:
+            return self.nets[view](x)
+        return {v.name: net(x) for v, net in self.items()}
+
+    @torch.no_grad()
+    def probabilities(self, x: Tensor, view: str = "mean") -> Tensor:
+        """Softmax of one view, or the mean of the three views' softmaxes (``view='mean'``)."""
+        if view != "mean":
+            return torch.softmax(self.nets[view](x).float(), dim=1)
+        return torch.stack([torch.softmax(net(x).float(), dim=1) for _, net in self.items()]).mean(0)
+
+
+__all__ = ["View", "VIEWS", "ModelConfig", "ViewNet", "TriViewModel"]

@@ -1,0 +1,220 @@
+"""Training datasets on disk: ``dataset.json`` (nnU-Net style) and the LA2018 builder.
+
+A dataset is a folder with ``dataset.json``::
+
+    {"name": "la2018", "organ": "left atrium", "prompt": "...", "modality": "MRI",
+     "cases": [{"id": "...", "image": "...", "annotation": "..." | null,
+                "label": "..." | null, "split": "train" | "val" | "test"}, ...]}
+
+``annotation`` is a sparse annotation (0/1/255) or null for an unlabeled case; ``label`` is a
+dense reference used for evaluation only (training never reads it). Paths are relative to
+the folder or absolute. Images are normalised per volume (z-score) when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from rada.annotation import SparseAnnotation
+from rada.errors import InputError
+from rada.volume import Volume
+
+SPLITS = ("train", "val", "test")
+DEFAULT_PROMPT = "An image containing the {organ}, with the rest being background"
+DATASET_FILE = "dataset.json"
+
+
+@dataclass(frozen=True)
+class CaseEntry:
+    """One case of a dataset; paths as written in ``dataset.json``."""
+
+    id: str
+    image: str
+    annotation: str | None = None
+    label: str | None = None
+    split: str = "train"
+
+    @property
+    def labeled(self) -> bool:
+        return self.annotation is not None
+
+
+@dataclass
+class DatasetSpec:
+    """The content of ``dataset.json`` plus the folder it lives in (``root``)."""
+
+    name: str
+    organ: str
+    modality: str = "MRI"
+    prompt: str = ""
+    cases: list[CaseEntry] = field(default_factory=list)
+    root: Path = Path(".")
+
+    def __post_init__(self) -> None:
+        if not self.prompt:
+            self.prompt = DEFAULT_PROMPT.format(organ=self.organ)
+
+    def path(self, relative: str) -> Path:
+        """Absolute path of a path written in the dataset."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.root / p
+
+    def split(self, name: str) -> list[CaseEntry]:
+        return [c for c in self.cases if c.split == name]
+
+    def labeled(self, split: str = "train") -> list[CaseEntry]:
+        return [c for c in self.split(split) if c.labeled]
+
+    def unlabeled(self, split: str = "train") -> list[CaseEntry]:
+        return [c for c in self.split(split) if not c.labeled]
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "organ": self.organ, "prompt": self.prompt, "modality": self.modality,
+                "cases": [{k: v for k, v in asdict(c).items()} for c in self.cases]}
+
+    def validate(self, check_files: bool = True) -> "DatasetSpec":
+        """Raise :class:`InputError` with one line when the dataset cannot be trained on."""
+        if not self.name or not self.organ:
+            raise InputError("dataset.json needs a 'name' and an 'organ'")
+        seen: set[str] = set()
+        for c in self.cases:
+            if c.id in seen:
+                raise InputError(f"case id {c.id!r} appears twice in dataset.json")
+            seen.add(c.id)
+            if c.split not in SPLITS:
+                raise InputError(f"case {c.id}: split {c.split!r} is not one of {', '.join(SPLITS)}")
+            if check_files:
+                for key in ("image", "annotation", "label"):
+                    value = getattr(c, key)
+                    if value is not None and not self.path(value).exists():
+                        raise InputError(f"case {c.id}: {key} file not found: {self.path(value)}")
+        if not self.labeled("train"):
+            raise InputError("dataset has no labeled training case (a case with an 'annotation')")
+        return self
+
+
+def read_dataset(path: str | os.PathLike, check_files: bool = True) -> DatasetSpec:
+    """Read and validate ``dataset.json`` (``path`` is the file or its folder)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / DATASET_FILE
+    if not p.exists():
+        raise InputError(f"no dataset.json at {p}")
+    try:
+        raw = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{p} is not valid JSON: {exc}") from None
+    try:
+        cases = [CaseEntry(id=str(c["id"]), image=c["image"], annotation=c.get("annotation"),
+                           label=c.get("label"), split=c.get("split", "train")) for c in raw["cases"]]
+        spec = DatasetSpec(name=raw["name"], organ=raw["organ"], modality=raw.get("modality", ""),
+                           prompt=raw.get("prompt", ""), cases=cases, root=p.parent.resolve())
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"{p}: malformed dataset.json (missing or wrong field {exc})") from None
+    return spec.validate(check_files)
+
+
+def write_dataset(spec: DatasetSpec, folder: str | os.PathLike) -> Path:
+    """Write ``folder/dataset.json`` atomically."""
+    from rada.io import atomic_path
+
+    target = Path(folder) / DATASET_FILE
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(spec.as_json(), indent=2) + "\n")
+    return target
+
+
+def zscore(array: np.ndarray) -> np.ndarray:
+    """Per-volume z-score normalisation (float32)."""
+    a = np.asarray(array, dtype=np.float32)
+    std = float(a.std())
+    return (a - float(a.mean())) / (std if std > 0 else 1.0)
+
+
+def load_image(spec: DatasetSpec, case: CaseEntry) -> Volume:
+    """The case's image, z-scored, as float32."""
+    from rada.io import read_volume
+
+    image = read_volume(spec.path(case.image))
+    return image.with_array(zscore(image.array))
+
+
+def load_annotation(spec: DatasetSpec, case: CaseEntry) -> SparseAnnotation | None:
+    """The case's sparse annotation, or None for an unlabeled case."""
+    from rada.io import read_volume
+
+    if case.annotation is None:
+        return None
+    return SparseAnnotation(read_volume(spec.path(case.annotation)))
+
+
+# --- LA2018 (UA-MT / SGTC protocol) ----------------------------------------------------
+
+@dataclass(frozen=True)
+class SplitFile:
+    """A fixed split of LA2018's 80 cases: ``labeled`` + ``unlabeled`` train cases, ``val``."""
+
+    labeled: tuple[str, ...]
+    unlabeled: tuple[str, ...]
+    val: tuple[str, ...]
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "SplitFile":
+        raw = json.loads(Path(path).read_text())
+        return cls(tuple(raw["labeled"]), tuple(raw["unlabeled"]), tuple(raw["val"]))
+
+    @classmethod
+    def make(cls, case_ids: Sequence[str], n_labeled: int = 8, n_val: int = 16, seed: int = 2018) -> "SplitFile":
+        """``n_val`` cases drawn with ``seed``; the first ``n_labeled`` remaining ones (list order) labeled."""
+        ids = list(case_ids)
+        val = set(np.random.default_rng(seed).permutation(len(ids))[:n_val].tolist())
+        train = [c for i, c in enumerate(ids) if i not in val]
+        return cls(tuple(train[:n_labeled]), tuple(train[n_labeled:]),
+                   tuple(c for i, c in enumerate(ids) if i in val))
+
+
+def build_la2018(source: str | os.PathLike, out: str | os.PathLike, split: SplitFile,
+                 organ: str = "left atrium", link_images: bool = True) -> DatasetSpec:
+    """Build a barely-supervised LA2018 dataset in ``out`` from ``source/<ID>/{image,label}.nii.gz``.
+
+    Labeled cases get a sparse annotation with the three largest-foreground slices
+    (written to ``out/sparse/<ID>.nii.gz``); images and labels are referenced in place
+    (``link_images``), never copied. Validation cases carry only their dense label.
+    """
+    from rada.io import read_volume, write_volume
+
+    src, dst = Path(source).resolve(), Path(out)
+    dst.mkdir(parents=True, exist_ok=True)
+    cases: list[CaseEntry] = []
+    for split_name, ids in (("train", split.labeled), ("train", split.unlabeled), ("val", split.val)):
+        for cid in ids:
+            image, label = src / cid / "image.nii.gz", src / cid / "label.nii.gz"
+            if not image.exists() or not label.exists():
+                raise InputError(f"case {cid}: expected {image} and {label}")
+            annotation = None
+            if cid in split.labeled:
+                sparse = SparseAnnotation.from_dense(read_volume(label))
+                annotation = str(write_volume(sparse.labels, dst / "sparse" / f"{cid}.nii.gz").relative_to(dst))
+            cases.append(CaseEntry(cid, str(image), annotation, str(label), split_name))
+    spec = DatasetSpec(name="la2018", organ=organ, modality="MRI", cases=cases, root=dst.resolve())
+    write_dataset(spec, dst)
+    return spec.validate()
+
+
+def iter_entries(spec: DatasetSpec, ids: Iterable[str]) -> list[CaseEntry]:
+    """Entries by id, in the order given."""
+    by_id = {c.id: c for c in spec.cases}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise InputError(f"unknown case ids: {', '.join(missing[:5])}")
+    return [by_id[i] for i in ids]
+
+
+__all__ = ["CaseEntry", "DatasetSpec", "read_dataset", "write_dataset", "zscore", "load_image",
+           "load_annotation", "SplitFile", "build_la2018", "DEFAULT_PROMPT", "SPLITS"]

@@ -1,0 +1,9 @@
+"""Barely-supervised tri-view co-training: losses, schedules, sampling, trainer, checkpoints."""
+
+from rada.train.checkpoint import load_checkpoint, save_checkpoint
+from rada.train.data import TrainingData, LabeledCase, load_training_data, sample_batch
+from rada.train.schedules import ScheduleConfig
+from rada.train.trainer import Guidance, TrainConfig, Trainer, TrainResult, train
+
+__all__ = ["TrainConfig", "ScheduleConfig", "Trainer", "TrainResult", "Guidance", "train", "TrainingData",
+           "LabeledCase", "load_training_data", "sample_batch", "save_checkpoint", "load_checkpoint"]

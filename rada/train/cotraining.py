@@ -1,0 +1,96 @@
+"""Uncertainty-masked cross pseudo supervision between the three views (METHOD.md section 5).
+
+Each view learns from the argmax of each of the other two views (their detached outputs
+on the same unlabeled patches), masked where that teacher is certain: the entropy of the
+mean softmax over ``T`` noisy passes (input + clamp(N(0, sigma^2), +-c)) is below a
+threshold. The ``T`` passes go through the network as ONE batch of ``T * B`` samples; the
+teacher's BatchNorm running statistics are left untouched by them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from rada.train.losses import entropy, masked_cross_entropy, supervised_loss
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
+    """Batch statistics are still used (train mode), but running statistics are not updated."""
+    saved = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            saved.append((m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()))
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
+def noisy_copies(x: Tensor, passes: int, std: float = 0.1, clip: float = 0.2) -> Tensor:
+    """``passes`` noisy copies of ``x`` stacked on the batch axis: ``[passes * B, ...]``."""
+    xs = x.repeat(passes, *([1] * (x.dim() - 1)))
+    return xs + torch.clamp(torch.randn_like(xs) * std, -clip, clip)
+
+
+@torch.no_grad()
+def teacher_mean_probability(net: nn.Module, x: Tensor, passes: int = 8, std: float = 0.1, clip: float = 0.2,
+                             batched: bool = True) -> Tensor:
+    """Mean softmax of ``passes`` noisy passes of ``net`` on ``x`` -> ``[B, C, ...]`` (float32).
+
+    ``batched=True`` runs them as one forward; ``False`` runs them one by one (the
+    reference's way, kept for the benchmark). Noise is drawn the same way in both.
+    """
+    with frozen_bn_stats(net):
+        noisy = noisy_copies(x, passes, std, clip)
+        if batched:
+            logits = net(noisy)
+        else:
+            logits = torch.cat([net(chunk) for chunk in noisy.split(x.shape[0])])
+        p = torch.softmax(logits.float(), dim=1)
+    return p.view(passes, x.shape[0], *p.shape[1:]).mean(0)
+
+
+def certainty_mask(mean_probability: Tensor, threshold: float) -> Tensor:
+    """Voxels whose entropy (nats) is below ``threshold``."""
+    return entropy(mean_probability) < threshold
+
+
+def view_losses(logits: Mapping[str, Tensor], labels: Mapping[str, Tensor], weights: Mapping[str, Tensor],
+                n_labeled: int, masks: Mapping[str, Tensor] | None, beta: float,
+                form: str = "sgtc") -> dict[str, dict[str, Tensor]]:
+    """Per view: ``sup``, ``unsup`` (sum over the other views) and ``total``.
+
+    ``form='sgtc'``: ``(1 - 2 beta) L_sup + beta L_j + beta L_k`` (DEFAULT);
+    ``form='paper'``: ``(1 - beta) L_sup + beta (L_j + L_k) / 2``.
+    Teachers' pseudo-labels are the argmax of their (detached) outputs on the unlabeled part.
+    """
+    names = list(logits)
+    pseudo = {k: logits[k][n_labeled:].detach().argmax(1) for k in names} if masks else {}
+    out: dict[str, dict[str, Tensor]] = {}
+    for v in names:
+        sup = supervised_loss(logits[v][:n_labeled], labels[v], weights[v])
+        if masks:
+            terms = [masked_cross_entropy(logits[v][n_labeled:], pseudo[k], masks[k]) for k in names if k != v]
+            unsup = torch.stack(terms).sum()
+        else:
+            terms, unsup = [], sup.new_zeros(())
+        if form == "sgtc":
+            total = (1 - len(terms) * beta) * sup + beta * unsup if terms else sup
+        elif form == "paper":
+            total = (1 - beta) * sup + beta * unsup / max(len(terms), 1) if terms else sup
+        else:
+            raise ValueError(f"unknown loss form {form!r} (sgtc or paper)")
+        out[v] = {"sup": sup, "unsup": unsup, "total": total}
+    return out
+
+
+__all__ = ["frozen_bn_stats", "noisy_copies", "teacher_mean_probability", "certainty_mask", "view_losses"]

@@ -1,0 +1,207 @@
+"""Training data: cases in memory, cached pseudo-labels, the two-stream sampler, augmentation.
+
+Every random draw of iteration ``t`` comes from a generator seeded by ``(seed, rank, t)``:
+the data a step sees depends on nothing but its index, so a resumed run sees exactly the
+batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from rada.annotation import SparseAnnotation
+from rada.nets.triview import VIEWS, View
+from rada.train.schedules import voxel_weights
+
+
+@dataclass
+class LabeledCase:
+    """A labeled case: z-scored image, per-view pseudo-label and distance to its seed slice."""
+
+    id: str
+    image: np.ndarray                      # float32 [z, y, x]
+    labels: dict[str, np.ndarray]          # view -> uint8 0/1
+    distance: dict[str, np.ndarray]        # view -> uint16 slices from the seed
+    annotated: np.ndarray                  # bool: voxels on the annotated planes
+
+
+@dataclass
+class TrainingData:
+    """What the trainer samples from: labeled cases and unlabeled images (z-scored)."""
+
+    labeled: list[LabeledCase]
+    unlabeled: list[np.ndarray]
+    unlabeled_ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.labeled:
+            raise ValueError("training needs at least one labeled case")
+
+
+@dataclass
+class Batch:
+    """One iteration's input: ``image`` [B_l + B_u, 1, Z, Y, X]; per view, labels and weights of
+    the first ``n_labeled`` samples."""
+
+    image: np.ndarray
+    labels: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray]
+    n_labeled: int
+
+
+def iteration_rng(seed: int, rank: int, t: int) -> np.random.Generator:
+    """The generator of iteration ``t`` on ``rank``."""
+    return np.random.default_rng([seed, rank, t])
+
+
+def crop_or_pad(arrays: Sequence[np.ndarray], patch: Sequence[int], rng: np.random.Generator,
+                pad_values: Sequence[float] | None = None) -> list[np.ndarray]:
+    """The same random ``patch`` window of every array (padded with ``pad_values`` where smaller)."""
+    shape = arrays[0].shape
+    pad_values = pad_values or [0] * len(arrays)
+    pads = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(shape, patch)]
+    if any(a or b for a, b in pads):
+        arrays = [np.pad(a, pads, constant_values=v) for a, v in zip(arrays, pad_values)]
+        shape = arrays[0].shape
+    start = [int(rng.integers(0, s - p + 1)) for s, p in zip(shape, patch)]
+    window = tuple(slice(b, b + p) for b, p in zip(start, patch))
+    return [a[window] for a in arrays]
+
+
+def rot_flip(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """The same random rot90 in the axial (y, x) plane and flip of a (y or x) axis for all arrays.
+
+    A non-square axial patch is only rotated by 0 or 180 degrees so its shape stays.
+    """
+    _, ny, nx = arrays[0].shape
+    k = int(rng.integers(0, 4)) if ny == nx else 2 * int(rng.integers(0, 2))
+    axis = 1 + int(rng.integers(0, 2))
+    return [np.ascontiguousarray(np.flip(np.rot90(a, k, axes=(1, 2)), axis=axis)) for a in arrays]
+
+
+def sample_batch(data: TrainingData, t: int, alpha: float, patch: Sequence[int], labeled_batch: int = 2,
+                 unlabeled_batch: int = 2, seed: int = 0, rank: int = 0, augment: bool = True,
+                 views: Sequence[View] = VIEWS) -> Batch:
+    """Two streams: ``labeled_batch`` labeled + ``unlabeled_batch`` unlabeled patches.
+
+    Labeled patches carry each view's pseudo-label and its voxel weights ``alpha**d``
+    (1 on annotated planes), cropped and augmented together with the image. Without
+    unlabeled cases the unlabeled stream is empty.
+    """
+    rng = iteration_rng(seed, rank, t)
+    nl, nu = len(data.labeled), len(data.unlabeled)
+    li = rng.choice(nl, labeled_batch, replace=nl < labeled_batch)
+    ui = rng.choice(nu, unlabeled_batch, replace=nu < unlabeled_batch) if nu and unlabeled_batch else []
+    images, labels, weights = [], {v.name: [] for v in views}, {v.name: [] for v in views}
+    for i in li:
+        c = data.labeled[int(i)]
+        arrays = [c.image] + [c.labels[v.name] for v in views] + [c.distance[v.name] for v in views] + [c.annotated]
+        pad = [float(c.image.min())] + [0] * len(views) + [np.iinfo(np.uint16).max] * len(views) + [False]
+        arrays = crop_or_pad(arrays, patch, rng, pad)
+        n = len(views)
+        w = [voxel_weights(arrays[1 + n + j], arrays[-1], alpha) for j in range(n)]
+        group = [arrays[0]] + arrays[1:1 + n] + w
+        if augment:
+            group = rot_flip(group, rng)
+        images.append(group[0])
+        for j, v in enumerate(views):
+            labels[v.name].append(group[1 + j])
+            weights[v.name].append(group[1 + n + j])
+    for i in ui:
+        img = data.unlabeled[int(i)]
+        (patch_img,) = crop_or_pad([img], patch, rng, [float(img.min())])
+        if augment:
+            (patch_img,) = rot_flip([patch_img], rng)
+        images.append(patch_img)
+    return Batch(np.stack(images)[:, None].astype(np.float32),
+                 {k: np.stack(v).astype(np.int64) for k, v in labels.items()},
+                 {k: np.stack(v).astype(np.float32) for k, v in weights.items()}, len(li))
+
+
+# --- pseudo-labels -----------------------------------------------------------------------
+
+def pseudo_labels_from_propagation(result: object, annotation: SparseAnnotation,
+                                   views: Sequence[View] = VIEWS) -> tuple[dict, dict, np.ndarray]:
+    """Per-view (labels, distance) from a ``rada.propagation.PropagationResult``; the annotated
+    planes are pasted (ground truth) onto every view's pseudo-label."""
+    known = annotation.known()
+    labels, distance = {}, {}
+    for v in views:
+        pv = result.views[v.name]  # type: ignore[attr-defined]
+        lab = np.asarray(pv.label, np.uint8).copy()
+        lab[known] = annotation.array[known]
+        labels[v.name] = lab
+        distance[v.name] = np.minimum(np.asarray(pv.distance), np.iinfo(np.uint16).max).astype(np.uint16)
+    return labels, distance, known
+
+
+def _cache_key(image: np.ndarray, annotation: SparseAnnotation, config: object) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(image).tobytes())
+    h.update(np.ascontiguousarray(annotation.array).tobytes())
+    h.update(repr(config).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_pseudo_labels(case_id: str, image, annotation: SparseAnnotation, cache_dir: str | os.PathLike,
+                         propagate: Callable | None = None, config: object = None,
+                         views: Sequence[View] = VIEWS) -> tuple[dict, dict, np.ndarray]:
+    """Pseudo-labels of one labeled case, computed once by propagation and cached in
+    ``cache_dir/<id>.npz`` (keyed by a hash of image, annotation and propagation config)."""
+    from rada.io import atomic_path
+
+    cache = Path(cache_dir) / f"{case_id}.npz"
+    key = _cache_key(image.array, annotation, config)
+    if cache.exists():
+        with np.load(cache) as z:
+            if str(z["key"]) == key:
+                return ({v.name: z[f"label_{v.name}"] for v in views},
+                        {v.name: z[f"distance_{v.name}"] for v in views}, z["annotated"])
+    if propagate is None:
+        from rada.propagation import PropagationConfig, propagate as _propagate
+
+        propagate = _propagate
+        config = config if config is not None else PropagationConfig()
+    result = propagate(image, annotation, config) if config is not None else propagate(image, annotation)
+    labels, distance, known = pseudo_labels_from_propagation(result, annotation, views)
+    with atomic_path(cache) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, key=key, annotated=known, **{f"label_{k}": v for k, v in labels.items()},
+                                **{f"distance_{k}": v for k, v in distance.items()})
+    return labels, distance, known
+
+
+def load_training_data(spec, cache_dir: str | os.PathLike, propagation_config: object = None,
+                       transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                       progress: Callable[[str], None] | None = None) -> TrainingData:
+    """Load a :class:`rada.dataset.DatasetSpec`'s training split: z-scored images, pseudo-labels
+    (propagated once per labeled case, cached in ``cache_dir``), unlabeled images.
+    ``transform`` (e.g. a downscale, in tests) is applied to every array before use."""
+    from rada.dataset import load_annotation, load_image
+
+    tf = transform or (lambda a: a)
+    labeled, unlabeled, uids = [], [], []
+    for c in spec.split("train"):
+        if progress:
+            progress(c.id)
+        image = load_image(spec, c)
+        ann = load_annotation(spec, c)
+        if ann is None:
+            unlabeled.append(tf(image.array))
+            uids.append(c.id)
+            continue
+        labels, dist, known = cached_pseudo_labels(c.id, image, ann, cache_dir, config=propagation_config)
+        labeled.append(LabeledCase(c.id, tf(image.array), {k: tf(v) for k, v in labels.items()},
+                                   {k: tf(v) for k, v in dist.items()}, tf(known)))
+    return TrainingData(labeled, unlabeled, uids)
+
+
+__all__ = ["LabeledCase", "TrainingData", "Batch", "sample_batch", "crop_or_pad", "rot_flip", "iteration_rng",
+           "cached_pseudo_labels", "pseudo_labels_from_propagation", "load_training_data"]
+

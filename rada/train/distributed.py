@@ -1,0 +1,86 @@
+"""Device selection and torch.distributed (torchrun) set-up, falling back to one process.
+
+Select the device once (:func:`select_device`) and pass it down; never assume CUDA.
+Under ``torchrun`` (``WORLD_SIZE > 1``) every process trains on its own batches and the
+three views' gradients are averaged by DDP (NCCL on CUDA, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: this process's CUDA device when there is one, else CPU; ``cpu`` / ``cuda`` / ``cuda:N``."""
+    if preference == "auto":
+        preference = "cuda" if torch.cuda.is_available() else "cpu"
+    if preference.startswith("cuda"):
+        if not torch.cuda.is_available():
+            from rada.errors import InputError
+
+            raise InputError("--device cuda asked for, but torch sees no CUDA GPU")
+        if preference == "cuda":
+            preference = f"cuda:{local_rank % torch.cuda.device_count()}"
+        device = torch.device(preference)
+        torch.cuda.set_device(device)
+        return device
+    return torch.device(preference)
+
+
+def init_distributed(device: torch.device | None = None) -> DistInfo:
+    """Join the torchrun job described by the environment, if any (idempotent)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return DistInfo(rank, world, local)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_objects(obj: object, info: DistInfo) -> list:
+    """Every rank's ``obj`` (a one-element list without distribution)."""
+    if not info.enabled:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def average(value: float, info: DistInfo, device: torch.device) -> float:
+    """Mean of a scalar over ranks (for logging)."""
+    if not info.enabled:
+        return float(value)
+    t = torch.tensor([float(value)], device=device, dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / info.world_size
+
+
+__all__ = ["DistInfo", "select_device", "init_distributed", "barrier", "all_gather_objects", "average"]

@@ -1,0 +1,76 @@
+"""Ramps and schedules of RADA training (METHOD.md sections 2 and 5), as pure functions of
+the iteration ``t`` so that a resumed run recomputes them exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def sigmoid_ramp(x: float, length: float) -> float:
+    """``exp(-5 (1 - clip(x, 0, L) / L)^2)``; 1 when ``length`` is 0."""
+    if length <= 0:
+        return 1.0
+    p = min(max(float(x), 0.0), float(length)) / float(length)
+    return float(math.exp(-5.0 * (1.0 - p) ** 2))
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Every number of the schedules; defaults are METHOD.md's."""
+
+    iterations: int = 6000
+    base_lr: float = 0.01
+    lr_milestones: tuple[int, ...] = (2500, 5000)
+    lr_gamma: float = 0.1
+    alpha_start: float = 0.95
+    alpha_refresh: int = 1000         # alpha is recomputed every this many iterations
+    alpha_step: int = 150             # t // alpha_step indexes the cosine
+    alpha_steps: int = 40
+    beta_max: float = 0.1
+    beta_step: int = 150
+    beta_steps: int = 40
+    entropy_base: float = 0.75
+    entropy_gain: float = 0.25
+    entropy_ramp: int | None = None   # None: the run's length (6000)
+
+
+def learning_rate(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
+    """Step schedule applied to ALL optimisers: ``base_lr * gamma^(#milestones <= t)``."""
+    return cfg.base_lr * cfg.lr_gamma ** sum(t >= m for m in cfg.lr_milestones)
+
+
+def alpha(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
+    """Voxel-weight base: ``alpha_start`` before the first refresh, then, refreshed every
+    ``alpha_refresh`` iterations, ``0.5 (cos(pi min(t'//150, 40) / 40) + 1)`` at ``t'`` the last
+    refresh (1000 -> 0.946, 2000 -> 0.761, 3000 -> 0.5, 4000 -> 0.273, 5000 -> 0.074)."""
+    refreshed = (t // cfg.alpha_refresh) * cfg.alpha_refresh
+    if refreshed == 0:
+        return cfg.alpha_start
+    k = min(refreshed // cfg.alpha_step, cfg.alpha_steps)
+    return 0.5 * (math.cos(math.pi * k / cfg.alpha_steps) + 1.0)
+
+
+def beta(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
+    """Unsupervised weight ``beta_max * ramp(t // 150, 40)``."""
+    return cfg.beta_max * sigmoid_ramp(t // cfg.beta_step, cfg.beta_steps)
+
+
+def entropy_threshold(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
+    """Certainty threshold on the teachers' entropy (nats): ``(0.75 + 0.25 ramp(t, T)) ln 2``."""
+    length = cfg.iterations if cfg.entropy_ramp is None else cfg.entropy_ramp
+    return (cfg.entropy_base + cfg.entropy_gain * sigmoid_ramp(t, length)) * math.log(2.0)
+
+
+def voxel_weights(distance: np.ndarray, annotated: np.ndarray, a: float) -> np.ndarray:
+    """``a ** distance`` with 1 on annotated voxels (the formula of ``rada.propagation.alpha_weights``)."""
+    w = np.power(np.float32(a), distance.astype(np.float32))
+    w[annotated] = 1.0
+    return w
+
+
+__all__ = ["ScheduleConfig", "sigmoid_ramp", "learning_rate", "alpha", "beta", "entropy_threshold",
+           "voxel_weights"]

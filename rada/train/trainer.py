@@ -1,0 +1,348 @@
+"""The RADA trainer: three views co-trained on labeled + unlabeled patches.
+
+One iteration: sample 2 labeled + 2 unlabeled patches (shared by the three views); every
+view's network predicts the 4 patches in one forward; each view's teacher certainty comes
+from 8 noisy passes batched into one forward; the three views' losses are summed and
+back-propagated once (each view's loss only reaches its own weights: teachers' outputs
+are detached); the three SGD optimisers step with the same learning-rate schedule.
+
+Resuming is exact: all randomness of iteration ``t`` is seeded from ``(seed, rank, t)``
+and the checkpoint holds weights, optimiser states and the iteration (plus RNG states).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from rada.errors import InputError
+from rada.nets.triview import VIEWS, ModelConfig, TriViewModel
+from rada.train import schedules as S
+from rada.train.checkpoint import load_checkpoint, save_checkpoint
+from rada.train.cotraining import certainty_mask, teacher_mean_probability, view_losses
+from rada.train.data import Batch, TrainingData, sample_batch
+from rada.train.distributed import DistInfo, all_gather_objects, barrier, init_distributed, select_device
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.csv"
+CURVE_NAME = "loss.png"
+LOG_FIELDS = ("iteration", "loss", "sup", "unsup", "certain", "lr", "beta", "alpha", "threshold", "seconds")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (defaults: METHOD.md section 5, LA2018)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: S.ScheduleConfig = field(default_factory=S.ScheduleConfig)
+    patch_size: tuple[int, int, int] = (80, 112, 112)   # [z, y, x]
+    labeled_batch: int = 2
+    unlabeled_batch: int = 2
+    teacher_passes: int = 8
+    noise_std: float = 0.1
+    noise_clip: float = 0.2
+    loss_form: str = "sgtc"          # "sgtc" (DEFAULT) or "paper"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = True                # bf16 autocast, on CUDA only
+    batched_teachers: bool = True
+    augment: bool = True
+    checkpoint_every: int = 500
+    progress: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["model"] = ModelConfig.from_dict(d["model"])
+        sched = dict(d["schedule"])
+        sched["lr_milestones"] = tuple(sched["lr_milestones"])
+        d["schedule"] = S.ScheduleConfig(**sched)
+        d["patch_size"] = tuple(d["patch_size"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Frozen-encoder embeddings the model is trained with: text [512], visual[view] [512]."""
+
+    text: torch.Tensor
+    visual: dict[str, torch.Tensor]
+
+    @classmethod
+    def from_embeddings(cls, emb: Any) -> "Guidance | None":
+        """From ``rada.guidance.GuidanceEmbeddings`` (or anything with text/visual/enabled); None if off."""
+        if emb is None or not getattr(emb, "enabled", True):
+            return None
+        return cls(torch.as_tensor(emb.text).float().reshape(-1),
+                   {k: torch.as_tensor(v).float().reshape(-1) for k, v in emb.visual.items()})
+
+    def as_dict(self) -> dict:
+        return {"enabled": True, "text": self.text, "visual": dict(self.visual)}
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    iterations: int
+    log: Path
+    curve: Path | None
+
+
+def _iteration_seed(seed: int, rank: int, t: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, t, 7]).generate_state(1)[0])
+
+
+class Trainer:
+    """Co-trains the three views. ``fit()`` runs (or resumes) to ``schedule.iterations``."""
+
+    def __init__(self, config: TrainConfig, data: TrainingData, run_dir: str | os.PathLike,
+                 guidance: Any = None, preprocessing: Mapping[str, Any] | None = None,
+                 dist_info: DistInfo | None = None) -> None:
+        self.config = config
+        self.data = data
+        self.run_dir = Path(run_dir)
+        self.guidance = Guidance.from_embeddings(guidance)
+        if config.model.head.guided and self.guidance is None:
+            raise InputError("the model config has guidance on but no (enabled) guidance embeddings were given; "
+                             "give embeddings or train the plain tri-view model (guidance off)")
+        if not config.model.head.guided and self.guidance is not None:
+            raise InputError("guidance embeddings given but the model config has guidance off")
+        self.preprocessing = {"intensity": "zscore", "patch_size": list(config.patch_size), **(preprocessing or {})}
+        self.device = select_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.dist = dist_info or init_distributed(self.device)
+        torch.manual_seed(config.seed)
+        self.model = TriViewModel(config.model).to(self.device)
+        if self.guidance is not None:
+            self.model.set_guidance(self.guidance.text, self.guidance.visual)
+        self.students: dict[str, nn.Module] = dict(self.model.nets.items())
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.students = {k: DDP(net, device_ids=ids) for k, net in self.model.nets.items()}
+        self.optimizers = {v.name: torch.optim.SGD(self.model[v.name].parameters(), lr=config.schedule.base_lr,
+                                                   momentum=config.momentum, weight_decay=config.weight_decay)
+                           for v in self.model.views}
+        self.iteration = 0
+        self.use_bf16 = config.bf16 and self.device.type == "cuda"
+
+    # --- state -------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+    def state(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "views": {k: net.state_dict() for k, net in self.model.nets.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "iteration": self.iteration,
+            "rng": all_gather_objects(rng, self.dist),
+            "guidance": self.guidance.as_dict() if self.guidance else {"enabled": False},
+            "model_config": self.config.model.as_dict(),
+            "config": self.config.as_dict(),
+            "preprocessing": self.preprocessing,
+            "world_size": self.dist.world_size,
+        }
+
+    def save(self) -> Path:
+        state = self.state()  # collective when distributed: every rank builds it
+        if self.dist.main:
+            save_checkpoint(state, self.checkpoint_path)
+        barrier(self.dist)
+        return self.checkpoint_path
+
+    def load(self, path: str | os.PathLike) -> None:
+        state = load_checkpoint(path)
+        if state["model_config"] != self.config.model.as_dict():
+            raise InputError(f"checkpoint {path} was trained with another network configuration")
+        for k, net in self.model.nets.items():
+            net.load_state_dict(state["views"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        self.iteration = int(state["iteration"])
+        rngs = state.get("rng") or []
+        if len(rngs) == self.dist.world_size:
+            rng = rngs[self.dist.rank]
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            if "cuda" in rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    # --- one iteration -------------------------------------------------------------------
+    def _to_device(self, batch: Batch) -> tuple[torch.Tensor, dict, dict]:
+        dev = self.device
+        x = torch.from_numpy(batch.image).to(dev, non_blocking=True)
+        labels = {k: torch.from_numpy(v).to(dev, non_blocking=True) for k, v in batch.labels.items()}
+        weights = {k: torch.from_numpy(v).to(dev, non_blocking=True) for k, v in batch.weights.items()}
+        return x, labels, weights
+
+    def step(self, t: int) -> dict[str, float]:
+        """Train iteration ``t`` (0-based); returns the logged values."""
+        cfg, sch = self.config, self.config.schedule
+        torch.manual_seed(_iteration_seed(cfg.seed, self.dist.rank, t))
+        a, b = S.alpha(t, sch), S.beta(t, sch)
+        thr, lr = S.entropy_threshold(t, sch), S.learning_rate(t, sch)
+        batch = sample_batch(self.data, t, a, cfg.patch_size, cfg.labeled_batch, cfg.unlabeled_batch,
+                             cfg.seed, self.dist.rank, cfg.augment, self.model.views)
+        x, labels, weights = self._to_device(batch)
+        nl = batch.n_labeled
+        for net in self.model.nets.values():
+            net.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            logits = {k: net(x) for k, net in self.students.items()}
+            masks = None
+            if x.shape[0] > nl:
+                masks = {k: certainty_mask(teacher_mean_probability(
+                    self.model[k], x[nl:], cfg.teacher_passes, cfg.noise_std, cfg.noise_clip,
+                    cfg.batched_teachers), thr) for k in self.students}
+        losses = view_losses(logits, labels, weights, nl, masks, b, cfg.loss_form)
+        total = torch.stack([v["total"] for v in losses.values()]).sum()
+        for o in self.optimizers.values():
+            for g in o.param_groups:
+                g["lr"] = lr
+            o.zero_grad(set_to_none=True)
+        total.backward()
+        for o in self.optimizers.values():
+            o.step()
+        n = len(losses)
+        values = torch.stack([total.detach(), sum(v["sup"].detach() for v in losses.values()) / n,
+                              sum(v["unsup"].detach() for v in losses.values()) / n,
+                              (torch.stack([m.float().mean() for m in masks.values()]).mean()
+                               if masks else total.new_zeros(()))]).float()
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(values)
+            values /= self.dist.world_size
+        loss, sup, unsup, certain = values.tolist()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at iteration {t}")
+        return {"iteration": t + 1, "loss": loss, "sup": sup, "unsup": unsup, "certain": certain,
+                "lr": lr, "beta": b, "alpha": a, "threshold": thr}
+
+    # --- the loop ------------------------------------------------------------------------
+    def fit(self, resume: bool = False, callback: Callable[[int, dict], None] | None = None) -> TrainResult:
+        """Train to ``schedule.iterations``; ``resume`` continues from ``run_dir/checkpoint.pt``.
+
+        ``callback(iteration, values)`` runs after every iteration (it may raise to stop).
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume and self.checkpoint_path.exists():
+            self.load(self.checkpoint_path)
+        elif self.checkpoint_path.exists() and not resume:
+            raise InputError(f"{self.checkpoint_path} exists: pass --resume to continue it or use another run folder")
+        log = self.run_dir / LOG_NAME
+        if self.dist.main:
+            _truncate_log(log, self.iteration)
+        total = self.config.schedule.iterations
+        bar = None
+        if self.dist.main and self.config.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.iteration, desc="train", file=sys.stderr, dynamic_ncols=True)
+        every = max(1, self.config.checkpoint_every)
+        try:
+            while self.iteration < total:
+                t0 = time.perf_counter()
+                values = self.step(self.iteration)
+                self.iteration += 1
+                values["seconds"] = time.perf_counter() - t0
+                if self.dist.main:
+                    _append_log(log, values)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.0e}",
+                                    beta=f"{values['beta']:.3f}", alpha=f"{values['alpha']:.3f}")
+                if self.iteration % every == 0 or self.iteration == total:
+                    self.save()
+                if callback is not None:
+                    callback(self.iteration, values)
+        finally:
+            if bar is not None:
+                bar.close()
+        curve = plot_log(log, self.run_dir / CURVE_NAME) if self.dist.main else None
+        return TrainResult(self.checkpoint_path, self.iteration, log, curve)
+
+
+def _truncate_log(log: Path, iteration: int) -> None:
+    """Keep the rows up to ``iteration`` (the rows of a killed run's lost iterations go)."""
+    if not log.exists():
+        return
+    with open(log, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= iteration]
+    with open(log, "w", newline="") as f:
+        w = csv.DictWriter(f, LOG_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _append_log(log: Path, values: Mapping[str, float]) -> None:
+    new = not log.exists()
+    with open(log, "a", newline="") as f:
+        w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(values)
+
+
+def read_log(log: str | os.PathLike) -> list[dict[str, float]]:
+    with open(log, newline="") as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def plot_log(log: str | os.PathLike, out: str | os.PathLike) -> Path | None:
+    """Loss curves (total, supervised, unsupervised) and beta/alpha of a run as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plots are optional (extra 'plots')
+        return None
+    rows = read_log(log)
+    if not rows:
+        return None
+    it = [r["iteration"] for r in rows]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key in ("loss", "sup", "unsup"):
+        ax.plot(it, [r[key] for r in rows], label=key, lw=0.8)
+    ax.set_xlabel("iteration"), ax.set_ylabel("loss"), ax.legend()
+    for key in ("beta", "alpha", "certain"):
+        ax2.plot(it, [r[key] for r in rows], label=key, lw=0.8)
+    ax2.set_xlabel("iteration"), ax2.legend()
+    fig.tight_layout()
+    from rada.io import atomic_path
+
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return Path(out)
+
+
+def train(data: TrainingData, run_dir: str | os.PathLike, config: TrainConfig = TrainConfig(),
+          guidance: Any = None, resume: bool = False, preprocessing: Mapping[str, Any] | None = None,
+          callback: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train (or resume) a tri-view model; returns where the checkpoint and logs are."""
+    return Trainer(config, data, run_dir, guidance, preprocessing).fit(resume, callback)
+
+
+__all__ = ["TrainConfig", "Guidance", "Trainer", "TrainResult", "train", "read_log", "plot_log",
+           "CHECKPOINT_NAME", "VIEWS"]

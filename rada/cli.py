@@ -179,6 +179,159 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_triple(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three integers z,y,x, got {text!r}") from None
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected three positive integers z,y,x, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _add_prepare_dataset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare-dataset", help="build a barely-supervised dataset.json from dense labels",
+                       description="Build a training dataset folder (dataset.json + sparse annotations) with a "
+                                   "benchmark's protocol. la2018: SRC/<ID>/{image,label}.nii.gz; a fixed split "
+                                   "(16 validation cases; 8 labeled with their three largest-foreground slices, "
+                                   "the rest unlabeled). Images are referenced in place, not copied.")
+    p.add_argument("protocol", choices=["la2018"], help="benchmark protocol")
+    p.add_argument("source", help="folder with one sub-folder per case")
+    p.add_argument("--out", required=True, help="dataset folder to write")
+    p.add_argument("--split", default=None,
+                   help="split JSON (labeled/unlabeled/val id lists); default: bench/la2018_split.json of the "
+                        "repository, else drawn from SRC/cases.list with the fixed seed")
+    p.set_defaults(func=_run_prepare_dataset)
+
+
+def _run_prepare_dataset(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rada.dataset import SplitFile, build_la2018
+
+    src = Path(args.source)
+    if not src.is_dir():
+        raise InputError(f"no such folder: {src}")
+    split_path = Path(args.split) if args.split else Path(__file__).resolve().parents[1] / "bench" / "la2018_split.json"
+    if split_path.exists():
+        split = SplitFile.read(split_path)
+    elif args.split:
+        raise InputError(f"no such split file: {split_path}")
+    elif (src / "cases.list").exists():
+        split = SplitFile.make((src / "cases.list").read_text().split())
+    else:
+        raise InputError(f"no split file and no {src / 'cases.list'} to draw one from")
+    spec = build_la2018(src, args.out, split)
+    _print_json({"dataset": str(Path(args.out) / "dataset.json"), "labeled": len(spec.labeled("train")),
+                 "unlabeled": len(spec.unlabeled("train")), "val": len(spec.split("val"))})
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="co-train the tri-view RADA model on a dataset (resumable; torchrun for multi-GPU)",
+                       description="Barely-supervised tri-view co-training (METHOD.md 5) on a dataset.json folder. "
+                                   "Writes RUN/checkpoint.pt, RUN/log.csv and RUN/loss.png; pseudo-labels are "
+                                   "propagated once per labeled case and cached in RUN/pseudo_labels. Multi-GPU: "
+                                   "torchrun --nproc_per_node=N -m rada.cli train ...")
+    p.add_argument("dataset", help="dataset folder (or its dataset.json)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--config", default=None, help="JSON file with TrainConfig fields (overridden by the flags below)")
+    p.add_argument("--guidance", default=None,
+                   help="guidance embeddings file (rada embed); without it the plain tri-view model is trained")
+    p.add_argument("--iterations", type=int, default=None, help="default 6000")
+    p.add_argument("--width", type=int, default=None, help="V-Net base width (default 16)")
+    p.add_argument("--patch", type=_int_triple, default=None, help="training patch z,y,x (default 80,112,112)")
+    p.add_argument("--loss-form", choices=["sgtc", "paper"], default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--no-bf16", action="store_true", help="full fp32 on CUDA")
+    p.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt exactly")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from rada.nets import ModelConfig
+    from rada.train import TrainConfig, train_dataset
+
+    cfg = TrainConfig()
+    if args.config:
+        try:
+            raw = json.loads(Path(args.config).read_text())
+            cfg = TrainConfig.from_dict({**cfg.as_dict(), **raw})
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise InputError(f"cannot use config {args.config}: {exc}") from None
+    guidance = None
+    if args.guidance:
+        from rada.guidance import load_embeddings
+
+        guidance = load_embeddings(args.guidance)
+    guided = guidance is not None and getattr(guidance, "enabled", True)
+    width = args.width or cfg.model.backbone.width
+    sched = cfg.schedule if args.iterations is None else replace(cfg.schedule, iterations=args.iterations)
+    overrides = {k: v for k, v in {"patch_size": args.patch, "loss_form": args.loss_form, "seed": args.seed,
+                                   "checkpoint_every": args.checkpoint_every, "device": args.device}.items()
+                 if v is not None}
+    cfg = replace(cfg, model=ModelConfig.make(width=width, guidance=guided), schedule=sched,
+                  bf16=cfg.bf16 and not args.no_bf16, progress=not args.quiet, **overrides)
+    result = train_dataset(args.dataset, args.out, cfg, guidance if guided else None, resume=args.resume)
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        _print_json({"checkpoint": str(result.checkpoint), "iterations": result.iterations, "log": str(result.log),
+                     "curve": str(result.curve) if result.curve else None,
+                     "guidance": {"enabled": guided} if guided else
+                     {"enabled": False, "reason": "no guidance embeddings given (--guidance)"}})
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment a volume with a trained RADA checkpoint (sliding window)",
+                       description="Sliding-window inference of a trained tri-view model: one view's softmax "
+                                   "or the mean of the three. The output keeps the image's geometry.")
+    p.add_argument("image", help="image volume (NIfTI, NRRD, MHA or a DICOM folder)")
+    p.add_argument("--model", required=True, help="checkpoint from rada train")
+    p.add_argument("--out", required=True, help="label volume to write")
+    p.add_argument("--annotation", default=None, help="sparse annotation: annotated voxels keep their value")
+    p.add_argument("--probability", default=None, help="also write the foreground probability here")
+    p.add_argument("--view", default="mean", choices=["mean", "sagittal", "coronal", "axial"])
+    p.add_argument("--stride", type=_int_triple, default=None, help="window stride z,y,x (default half the patch)")
+    p.add_argument("--blending", default="gaussian", choices=["gaussian", "uniform"])
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--report", default=None, help="write the JSON report here (also printed on stdout)")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    import time
+
+    from rada.infer import InferenceConfig, predict
+    from rada.io import atomic_path, read_annotation, read_volume, write_volume
+
+    image = read_volume(args.image)
+    annotation = read_annotation(args.annotation) if args.annotation else None
+    t0 = time.perf_counter()
+    result = predict(image, args.model, InferenceConfig(stride=args.stride, blending=args.blending,
+                                                        batch_size=args.batch_size, view=args.view,
+                                                        device=args.device), annotation=annotation)
+    write_volume(result.label, args.out)
+    if args.probability:
+        write_volume(result.probability, args.probability)
+    report = {"out": str(args.out), "seconds": round(time.perf_counter() - t0, 3),
+              "foreground_voxels": int(result.label.array.sum()),
+              **{k: v for k, v in result.info.items()}}
+    if args.report:
+        with atomic_path(args.report) as tmp:
+            tmp.write_text(json.dumps(report, indent=2, default=float))
+    _print_json(report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rada", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"rada {__version__}")

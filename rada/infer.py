@@ -51,11 +51,13 @@ class Prediction:
 
 def window_starts(size: int, patch: int, stride: int) -> list[int]:
     """Start indices of windows of ``patch`` along an axis of ``size >= patch`` with ``stride``;
-    the last window ends at ``size`` so the axis is covered."""
+    the last window ends at ``size`` so the axis is covered (a stride above the patch is
+    clamped to the patch, or voxels between windows would be skipped)."""
     if size <= patch:
         return [0]
     if stride <= 0:
         raise ValueError("stride must be positive")
+    stride = min(stride, patch)
     starts = list(range(0, size - patch + 1, stride))
     if starts[-1] != size - patch:
         starts.append(size - patch)

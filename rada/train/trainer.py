@@ -344,5 +344,42 @@ def train(data: TrainingData, run_dir: str | os.PathLike, config: TrainConfig = 
     return Trainer(config, data, run_dir, guidance, preprocessing).fit(resume, callback)
 
 
-__all__ = ["TrainConfig", "Guidance", "Trainer", "TrainResult", "train", "read_log", "plot_log",
+def train_dataset(dataset: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig = TrainConfig(),
+                  guidance: Any = None, resume: bool = False, propagation_config: Any = None,
+                  callback: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train on a ``dataset.json`` folder: pseudo-labels are propagated once per labeled case and
+    cached in ``run_dir/pseudo_labels`` (under torchrun, rank 0 fills the cache first)."""
+    from rada.dataset import read_dataset
+    from rada.train.data import load_training_data
+
+    spec = read_dataset(dataset)
+    device = select_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    info = init_distributed(device)
+    cache = Path(run_dir) / "pseudo_labels"
+    if info.enabled and not info.main:
+        barrier(info)  # wait for rank 0 to fill the cache
+    data = load_training_data(spec, cache, propagation_config)
+    if info.enabled and info.main:
+        barrier(info)
+    spacing = _median_spacing(spec)
+    preprocessing = {"dataset": spec.name, "organ": spec.organ, "prompt": spec.prompt, "spacing": spacing}
+    return Trainer(config, data, run_dir, guidance, preprocessing, info).fit(resume, callback)
+
+
+def _median_spacing(spec: Any) -> list[float] | None:
+    import SimpleITK as sitk
+
+    spacings = []
+    for c in spec.split("train")[:20]:
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(spec.path(c.image)))
+            reader.ReadImageInformation()
+            spacings.append(reader.GetSpacing())
+        except RuntimeError:
+            continue
+    return np.median(np.asarray(spacings), axis=0).tolist() if spacings else None
+
+
+__all__ = ["TrainConfig", "Guidance", "Trainer", "TrainResult", "train", "train_dataset", "read_log", "plot_log",
            "CHECKPOINT_NAME", "VIEWS"]

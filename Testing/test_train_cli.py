@@ -36,7 +36,11 @@ def test_pseudo_labels_are_propagated_once_and_cached(tmp_path):
         calls.append(1)
         noisy = dense.copy()
         noisy[0] = 1  # a wrong propagated plane; annotated planes must be pasted back as ground truth
-        return _fake_result(noisy, annotation)
+        result = _fake_result(noisy, annotation)
+        d = result.views["axial"].distance.astype(float)
+        d[..., 0], d[..., 1] = -1, np.inf  # 'not reached' markers must become the largest distance
+        result.views["axial"].distance = d
+        return result
 
     labels, dist, known = train_data.cached_pseudo_labels("c1", image, ann, tmp_path, propagate, config="cfg")
     again = train_data.cached_pseudo_labels("c1", image, ann, tmp_path, propagate, config="cfg")
@@ -45,6 +49,7 @@ def test_pseudo_labels_are_propagated_once_and_cached(tmp_path):
         assert np.array_equal(labels[v.name], again[0][v.name]) and labels[v.name].dtype == np.uint8
         assert np.array_equal(labels[v.name][known], ann.array[known])
         assert dist[v.name].dtype == np.uint16
+    assert (dist["axial"][..., :2] == np.iinfo(np.uint16).max).all()
     train_data.cached_pseudo_labels("c1", image, ann, tmp_path, propagate, config="other")
     assert len(calls) == 2  # another propagation config invalidates the cache
 

@@ -255,7 +255,6 @@ def _run_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from rada.nets import ModelConfig
     from rada.train import TrainConfig, train_dataset
 
     cfg = TrainConfig()
@@ -276,7 +275,9 @@ def _run_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"patch_size": args.patch, "loss_form": args.loss_form, "seed": args.seed,
                                    "checkpoint_every": args.checkpoint_every, "device": args.device}.items()
                  if v is not None}
-    cfg = replace(cfg, model=ModelConfig.make(width=width, guidance=guided), schedule=sched,
+    model = replace(cfg.model, backbone=replace(cfg.model.backbone, width=width),
+                    head=replace(cfg.model.head, embedding_dim=1024 if guided else 0))
+    cfg = replace(cfg, model=model, schedule=sched,
                   bf16=cfg.bf16 and not args.no_bf16, progress=not args.quiet, **overrides)
     result = train_dataset(args.dataset, args.out, cfg, guidance if guided else None, resume=args.resume)
     import os

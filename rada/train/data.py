@@ -137,7 +137,10 @@ def pseudo_labels_from_propagation(result: object, annotation: SparseAnnotation,
         lab = np.asarray(pv.label, np.uint8).copy()
         lab[known] = annotation.array[known]
         labels[v.name] = lab
-        distance[v.name] = np.minimum(np.asarray(pv.distance), np.iinfo(np.uint16).max).astype(np.uint16)
+        d = np.asarray(pv.distance, dtype=np.float64)
+        # unknown / infinite / negative distances -> the largest: weight alpha**65535 = 0
+        d = np.where(np.isfinite(d) & (d >= 0), d, np.inf)
+        distance[v.name] = np.minimum(d, np.iinfo(np.uint16).max).astype(np.uint16)
     return labels, distance, known
 
 

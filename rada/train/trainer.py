@@ -57,7 +57,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     bf16: bool = True                # bf16 autocast, on CUDA only
-    batched_teachers: bool = True
+    batched_teachers: bool = True    # the T noisy passes as one forward (faster on GPUs; see bench/train_step.py)
+    deterministic: bool = False      # CUDA: deterministic kernels (exact resume on GPU); CPU is always exact
     augment: bool = True
     checkpoint_every: int = 500
     progress: bool = True
@@ -125,6 +126,11 @@ class Trainer:
         self.preprocessing = {"intensity": "zscore", "patch_size": list(config.patch_size), **(preprocessing or {})}
         self.device = select_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist = dist_info or init_distributed(self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not config.deterministic  # fixed patch size: autotune once
+            if config.deterministic:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+                torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(config.seed)
         self.model = TriViewModel(config.model).to(self.device)
         if self.guidance is not None:
@@ -166,6 +172,7 @@ class Trainer:
         state = self.state()  # collective when distributed: every rank builds it
         if self.dist.main:
             save_checkpoint(state, self.checkpoint_path)
+            plot_log(self.run_dir / LOG_NAME, self.run_dir / CURVE_NAME)
         barrier(self.dist)
         return self.checkpoint_path
 
@@ -278,7 +285,10 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        curve = plot_log(log, self.run_dir / CURVE_NAME) if self.dist.main else None
+        curve = None
+        if self.dist.main:  # the last save drew it; draw it when nothing was saved (a finished run)
+            curve = self.run_dir / CURVE_NAME
+            curve = curve if curve.exists() else plot_log(log, curve)
         return TrainResult(self.checkpoint_path, self.iteration, log, curve)
 
 

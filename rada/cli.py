@@ -333,6 +333,46 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="job server for the Slicer modules (FastAPI, token auth)",
+                       description="Serve segment/train jobs over HTTP (see rada/service/app.py for the API). "
+                                   "Binds 127.0.0.1; every endpoint but /health needs the bearer token "
+                                   "(RADA_TOKEN, else a random one printed or written to --token-file). "
+                                   "Other settings also come from RADA_* variables (rada/service/settings.py).")
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8765; 0 = any free port)")
+    p.add_argument("--token-file", default=None, help="write the token here, owner-only (mode 0600)")
+    p.add_argument("--ready-file", default=None, help="write {url, pid, protocol} JSON here once listening")
+    p.add_argument("--workers", type=int, default=None, help="jobs running at once (default 1: GPU safety)")
+    p.add_argument("--max-queued", type=int, default=None, help="waiting jobs before 503 (default 16)")
+    p.add_argument("--max-upload-mb", type=float, default=None, help="request size limit (default 1024)")
+    p.add_argument("--work-dir", default=None, help="server-side job folder (default: a temporary one)")
+    p.add_argument("--models-dir", default=None, help="trained checkpoints offered to clients by name")
+    p.add_argument("--datasets-dir", default=None, help="datasets (dataset.json folders) trainable by name")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="device for the jobs")
+    p.add_argument("--ssl-certfile", default=None, help="TLS certificate (for a non-loopback --host)")
+    p.add_argument("--ssl-keyfile", default=None, help="TLS private key")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from rada.service.app import serve
+    from rada.service.settings import MIB, ServiceSettings
+
+    settings = ServiceSettings.from_env(
+        host=args.host, port=args.port, token_file=args.token_file, max_workers=args.workers,
+        max_queued=args.max_queued, work_dir=args.work_dir, models_dir=args.models_dir,
+        datasets_dir=args.datasets_dir, device=args.device,
+        max_upload_bytes=None if args.max_upload_mb is None else int(args.max_upload_mb * MIB))
+    try:
+        serve(settings, ready_file=args.ready_file, log_level=args.log_level,
+              ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+    except OSError as exc:  # port in use, bad address
+        raise InputError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rada", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"rada {__version__}")

@@ -1,0 +1,437 @@
+"""The one client of the RADA job server (used by the Slicer modules, scripts and tests).
+
+Needs only httpx and numpy/SimpleITK (no FastAPI), so it runs in Slicer's Python::
+
+    from rada.service.client import LocalServer, RadaClient
+
+    with LocalServer().start() as server:          # or RadaClient("https://gpu-box:8765", token)
+        client = server.client()
+        label, report = client.segment(image, annotation, {"preset": "fast"},
+                                       progress=lambda f, stage, msg: print(f, stage, msg))
+
+Errors: bad input (400/413 and jobs failed on input) raise :class:`rada.errors.InputError`
+with the server's one-line reason; a cancelled job raises :class:`rada.errors.CancelledError`;
+a wrong token :class:`AuthError`; a server speaking another protocol
+:class:`ProtocolMismatchError` (saying which side to update); an unreachable server
+:class:`ServerUnavailableError`; anything else :class:`ServiceError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import httpx
+
+from rada import __version__
+from rada.annotation import SparseAnnotation
+from rada.errors import CancelledError, InputError
+from rada.service import PROTOCOL_HEADER, PROTOCOL_VERSION
+from rada.service.codec import decode_nrrd, encode_nrrd
+from rada.volume import Volume
+
+ProgressFn = Callable[[float, str, str], None]
+FINISHED = ("done", "failed", "cancelled")
+
+
+class ServiceError(RuntimeError):
+    """The server answered with an error (``status_code``) or misbehaved."""
+
+    def __init__(self, message: str, status_code: int | None = None):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class AuthError(ServiceError):
+    """401: missing or wrong token."""
+
+
+class ProtocolMismatchError(ServiceError):
+    """Client and server speak different protocol versions."""
+
+
+class ServerUnavailableError(ServiceError):
+    """No server answers at the URL (not started, crashed, firewall)."""
+
+
+class JobFailedError(ServiceError):
+    """A job failed for a reason other than bad input."""
+
+
+@dataclass
+class JobStatus:
+    """``GET /jobs/{id}``: state is queued, running, done, failed or cancelled."""
+
+    id: str
+    kind: str
+    state: str
+    stage: str
+    fraction: float
+    message: str
+    error: str | None = None
+    error_type: str | None = None
+    queue_position: int | None = None
+    report: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "JobStatus":
+        return cls(id=d["id"], kind=d.get("kind", ""), state=d["state"], stage=d.get("stage", ""),
+                   fraction=float(d.get("fraction", 0.0)), message=d.get("message", ""), error=d.get("error"),
+                   error_type=d.get("error_type"), queue_position=d.get("queue_position"),
+                   report=d.get("report"), raw=dict(d))
+
+    def raise_for_state(self) -> None:
+        """Raise what a failed or cancelled job means for the caller; nothing if done."""
+        if self.state == "cancelled":
+            raise CancelledError(self.message or "job cancelled")
+        if self.state == "failed":
+            if self.error_type == "input":
+                raise InputError(self.error or "bad input")
+            raise JobFailedError(f"{self.kind} job failed on the server: {self.error}")
+
+
+def is_loopback(url: str) -> bool:
+    return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+class RadaClient:
+    """Talk to one RADA server. Thread-safe: a UI thread may ``cancel`` while another ``wait``s."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 60.0, check_protocol: bool = True,
+                 compress: bool | None = None, verify: bool | str = True, transport: Any = None):
+        self.url = url.rstrip("/")
+        self.token = token if token is not None else os.environ.get("RADA_TOKEN", "")
+        self.check_protocol = check_protocol
+        # gzip costs more than it saves over loopback; across a network it pays.
+        self.compress = (not is_loopback(self.url)) if compress is None else compress
+        self._health: dict[str, Any] | None = None
+        headers = {PROTOCOL_HEADER: str(PROTOCOL_VERSION), "User-Agent": f"rada-client/{__version__}"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        self._http = httpx.Client(base_url=self.url, headers=headers, verify=verify, transport=transport,
+                                  timeout=httpx.Timeout(timeout, connect=10.0),
+                                  trust_env=not is_loopback(self.url))  # no proxy for loopback
+
+    # --- plumbing ---------------------------------------------------------------------
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "RadaClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, check: bool = True, **kwargs: Any) -> httpx.Response:
+        if check and self.check_protocol and self._health is None:
+            self.health()
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnavailableError(f"cannot reach the RADA server at {self.url}: {exc}") from None
+        self._raise_for(response)
+        return response
+
+    def _raise_for(self, response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        try:
+            detail = response.json().get("detail", response.text)
+        except (ValueError, AttributeError):
+            detail = response.text.strip()[:300] or response.reason_phrase
+        if not isinstance(detail, str):
+            detail = json.dumps(detail)[:300]
+        code = response.status_code
+        if code == 401:
+            raise AuthError(f"the RADA server at {self.url} refused the token ({detail}); "
+                            f"check RADA_TOKEN or the server's token file", code)
+        if code == 409 and "protocol" in detail:
+            raise ProtocolMismatchError(detail, code)
+        if code in (400, 413, 422):
+            raise InputError(detail)
+        if code == 503:
+            raise ServiceError(f"the RADA server is busy: {detail}", code)
+        raise ServiceError(f"RADA server error {code}: {detail}", code)
+
+    # --- the API ----------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """``GET /health``; raises :class:`ProtocolMismatchError` if the protocols differ."""
+        response = self._request("GET", "/health", check=False)
+        try:
+            info = response.json()
+        except ValueError:
+            raise ServiceError(f"{self.url} answered /health with something other than JSON: "
+                               f"is it a RADA server?") from None
+        server_protocol = info.get("protocol") if isinstance(info, dict) else None
+        if server_protocol is None:
+            raise ServiceError(f"{self.url} is not a RADA server (no protocol in /health)")
+        if self.check_protocol and server_protocol != PROTOCOL_VERSION:
+            newer = "server" if server_protocol > PROTOCOL_VERSION else "client"
+            fix = ("update the RADA extension (and its rada package) on this computer" if newer == "server"
+                   else "update rada on the server")
+            raise ProtocolMismatchError(
+                f"version skew: the RADA server at {self.url} (rada {info.get('rada_version', '?')}) speaks "
+                f"protocol {server_protocol}, this client (rada {__version__}) speaks {PROTOCOL_VERSION}: {fix}")
+        self._health = info
+        return info
+
+    def submit(self, kind: str, volumes: Mapping[str, Volume] | None = None,
+               options: Mapping[str, Any] | None = None) -> str:
+        """Queue a job of ``kind`` with NRRD-encoded ``volumes``; returns the job id."""
+        files = {name: (f"{name}.nrrd", encode_nrrd(vol, compress=self.compress), "application/octet-stream")
+                 for name, vol in (volumes or {}).items()}
+        limit = (self._health or {}).get("limits", {}).get("max_upload_bytes")
+        total = sum(len(f[1]) for f in files.values())
+        if limit and total > limit:
+            raise InputError(f"the volumes are {total / 2**20:.0f} MiB, over the server's upload limit of "
+                             f"{limit / 2**20:.0f} MiB")
+        data = {"kind": kind, "options": json.dumps(dict(options or {}))}
+        response = self._request("POST", "/jobs", data=data, files=files or None)
+        return response.json()["id"]
+
+    def submit_segment(self, image: Volume, annotation: SparseAnnotation | Volume,
+                       options: Mapping[str, Any] | None = None) -> str:
+        """Queue a Segment job (options as :class:`rada.pipeline.SegmentConfig`: preset, device, ...)."""
+        labels = annotation.labels if isinstance(annotation, SparseAnnotation) else annotation
+        return self.submit("segment", {"image": image, "annotation": labels}, options)
+
+    def submit_train(self, options: Mapping[str, Any]) -> str:
+        """Queue a training job on a dataset of the server (options: dataset, model_name, iterations...)."""
+        return self.submit("train", None, options)
+
+    def status(self, job_id: str) -> JobStatus:
+        return JobStatus.from_json(self._request("GET", f"/jobs/{job_id}").json())
+
+    def jobs(self) -> list[JobStatus]:
+        return [JobStatus.from_json(d) for d in self._request("GET", "/jobs").json()]
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Ask the server to stop the job (a running job stops at its next check)."""
+        return JobStatus.from_json(self._request("POST", f"/jobs/{job_id}/cancel").json())
+
+    def delete(self, job_id: str) -> None:
+        """Drop the job and its files on the server (cancelling it first if needed)."""
+        self._request("DELETE", f"/jobs/{job_id}")
+
+    def report(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/jobs/{job_id}/report").json()
+
+    def result(self, job_id: str) -> tuple[Volume, dict[str, Any]]:
+        """The label volume (same geometry as the submitted image) and the job's report."""
+        response = self._request("GET", f"/jobs/{job_id}/result")
+        return decode_nrrd(response.content), self.report(job_id)
+
+    def events(self, job_id: str, after: int = 0, read_timeout: float = 60.0) -> Iterator[dict[str, Any]]:
+        """The job's progress events (dicts with seq, state, stage, fraction, message); the last
+        one has ``"event": "end"`` and the final status. Ends when the job has finished."""
+        if self.check_protocol and self._health is None:
+            self.health()
+        timeout = httpx.Timeout(read_timeout, connect=10.0)
+        try:
+            with self._http.stream("GET", f"/jobs/{job_id}/events", params={"after": after},
+                                   timeout=timeout) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._raise_for(response)
+                name, data = "message", []
+                for line in response.iter_lines():
+                    if line == "":
+                        if data:
+                            payload = json.loads("\n".join(data))
+                            payload["event"] = name
+                            yield payload
+                            if name == "end":
+                                return
+                        name, data = "message", []
+                    elif line.startswith(":"):
+                        continue
+                    elif line.startswith("event:"):
+                        name = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].lstrip())
+        except httpx.TransportError as exc:
+            raise ServerUnavailableError(f"lost the progress stream from {self.url}: {exc}") from None
+
+    def wait(self, job_id: str, progress: ProgressFn | None = None, timeout: float | None = None,
+             poll_interval: float = 1.0) -> JobStatus:
+        """Block until the job finishes, calling ``progress(fraction, stage, message)`` on each
+        change; returns the final status. Survives a dropped stream by reconnecting where it
+        left off (then by polling). ``cancel(job_id)`` from another thread ends it early."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last, failures = 0, 0
+        while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout:.0f} s")
+            try:
+                read_timeout = 30.0 if deadline is None else max(1.0, min(30.0, deadline - time.monotonic()))
+                for event in self.events(job_id, after=last, read_timeout=read_timeout):
+                    if event["event"] == "end":
+                        return JobStatus.from_json(event)
+                    last = max(last, int(event.get("seq", last)))
+                    if progress is not None and event.get("state") == "running":
+                        progress(float(event["fraction"]), str(event["stage"]), str(event["message"]))
+                    failures = 0
+            except ServerUnavailableError:
+                failures += 1
+                if failures > 5:
+                    raise
+                time.sleep(min(poll_interval * failures, 5.0))
+            status = self.status(job_id)  # the stream ended without 'end' (proxy, restart)
+            if status.finished:
+                return status
+
+    def segment(self, image: Volume, annotation: SparseAnnotation | Volume,
+                options: Mapping[str, Any] | None = None, progress: ProgressFn | None = None,
+                cancel: threading.Event | None = None, timeout: float | None = None,
+                keep: bool = False) -> tuple[Volume, dict[str, Any]]:
+        """Submit, follow, fetch: the Segment button in one call. Setting ``cancel`` (from any
+        thread) cancels the job on the server; this then raises :class:`CancelledError`."""
+        job_id = self.submit_segment(image, annotation, options)
+        stop_watch = threading.Event()
+        watcher = None
+        if cancel is not None:
+            def watch() -> None:
+                while not stop_watch.is_set():
+                    if cancel.wait(0.1):
+                        try:
+                            self.cancel(job_id)
+                        except ServiceError:
+                            pass
+                        return
+            watcher = threading.Thread(target=watch, name=f"rada-cancel-{job_id[:8]}", daemon=True)
+            watcher.start()
+        try:
+            status = self.wait(job_id, progress, timeout)
+            status.raise_for_state()
+            return self.result(job_id)
+        finally:
+            stop_watch.set()
+            if watcher is not None:
+                watcher.join(1.0)
+            if not keep:
+                try:
+                    self.delete(job_id)
+                except ServiceError:
+                    pass
+
+
+class LocalServer:
+    """A ``rada serve`` subprocess on a free loopback port, with a fresh token.
+
+    The Slicer module starts one on demand (with Slicer's Python) and stops it when done;
+    ``start()`` waits until ``/health`` answers, or raises with the end of the server's log.
+    The log and the ready file live in a private temporary folder removed by ``stop()``.
+    """
+
+    def __init__(self, python: str | None = None, token: str | None = None, workers: int = 1,
+                 models_dir: str | os.PathLike | None = None, device: str | None = None,
+                 extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None):
+        self.python = python or sys.executable
+        self.token = token or secrets.token_urlsafe(32)
+        self.args = ["--workers", str(workers), *(["--models-dir", str(models_dir)] if models_dir else []),
+                     *(["--device", device] if device else []), *extra_args]
+        self.env = dict(env or {})
+        self.url: str | None = None
+        self.process: subprocess.Popen | None = None
+        self._dir: Path | None = None
+        self._log: Any = None
+
+    @property
+    def log_path(self) -> Path | None:
+        return self._dir / "server.log" if self._dir else None
+
+    def start(self, timeout: float = 60.0) -> "LocalServer":
+        self._dir = Path(tempfile.mkdtemp(prefix="rada-local-server-"))
+        ready = self._dir / "ready.json"
+        env = {**os.environ, **self.env, "RADA_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
+        cmd = [self.python, "-m", "rada.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+               "--ready-file", str(ready), *self.args]
+        self._log = open(self._dir / "server.log", "wb")
+        kwargs: dict[str, Any] = {}
+        if os.name == "nt":  # no console window popping up from Slicer
+            kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env=env, cwd=str(self._dir), **kwargs)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                code = self.process.poll()
+                if code is not None:
+                    raise ServerUnavailableError(f"the local RADA server exited with code {code} while starting:\n"
+                                                 f"{self.log_tail()}")
+                if ready.exists():
+                    try:
+                        self.url = json.loads(ready.read_text())["url"]
+                        with self.client(timeout=5.0) as client:
+                            client.health()
+                        return self
+                    except (ValueError, KeyError, ServerUnavailableError):
+                        pass
+                if time.monotonic() > deadline:
+                    raise ServerUnavailableError(f"the local RADA server did not answer within {timeout:.0f} s:\n"
+                                                 f"{self.log_tail()}")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    def client(self, **kwargs: Any) -> RadaClient:
+        if self.url is None:
+            raise ServiceError("the local server is not started")
+        return RadaClient(self.url, self.token, **kwargs)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace") if self.log_path else ""
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (it cancels its jobs and removes its files), then clean up."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        self.url = None
+
+    def __enter__(self) -> "LocalServer":
+        return self if self.process is not None else self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def start_local_server(**kwargs: Any) -> LocalServer:
+    """Start a :class:`LocalServer` (keyword arguments as its constructor) and wait until healthy."""
+    timeout = kwargs.pop("timeout", 60.0)
+    return LocalServer(**kwargs).start(timeout)

@@ -6,7 +6,6 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 
 import rada.train.data as train_data
 from rada.annotation import SparseAnnotation

@@ -132,3 +132,36 @@ def test_bad_requests_are_refused_with_clear_errors():
     two_axes[:, :, sparse.slices()["sagittal"][0]] = IGNORE
     with pytest.raises(InputError, match="no annotated"):
         segment_case(image, SparseAnnotation(truth.with_array(two_axes)))
+
+
+def test_a_trained_checkpoint_joins_the_fusion_and_is_cached_for_refinement(tmp_path):
+    import torch
+
+    from rada.nets.triview import ModelConfig, TriViewModel
+    from rada.phantom import PhantomConfig
+    from rada.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = TriViewModel(ModelConfig.make(width=4, guidance=False))
+    ckpt = save_checkpoint({"views": {k: n.state_dict() for k, n in model.nets.items()},
+                            "model_config": model.config.as_dict(),
+                            "preprocessing": {"patch_size": [16, 32, 32]}, "guidance": {"enabled": False}},
+                           tmp_path / "tiny.pt")
+    image, truth = make_phantom(PhantomConfig(shape_zyx=(24, 48, 48)))
+    sparse = SparseAnnotation.from_dense(truth)
+    cache = SegmentCache()
+    cfg = SegmentConfig(model=str(ckpt), device="cpu")
+    first = segment_case(image, sparse, cfg, cache=cache)
+    info = first.report["model"]
+    assert info["content_hash"] and info["device"] == "cpu" and not info.get("cached")
+    assert first.report["guidance"] == {"enabled": False, "reason": "the model was trained with guidance off"}
+    assert "model" in first.report["timings_s"]
+    known = sparse.known()
+    np.testing.assert_array_equal(first.label.array[known], sparse.array[known])
+    # A second call on the same image (e.g. one more painted slice) reuses the model's output.
+    second = segment_case(image, sparse, cfg, cache=cache)
+    assert second.report["model"]["cached"] is True
+    np.testing.assert_array_equal(first.label.array, second.label.array)
+    # An untrained model's output is only evidence: the weight 0 result equals no model at all.
+    zero = segment_case(image, sparse, SegmentConfig(model=str(ckpt), device="cpu", model_weight=0.0))
+    np.testing.assert_array_equal(zero.label.array, segment_case(image, sparse).label.array)

@@ -194,6 +194,8 @@ class RadaClient:
     def submit(self, kind: str, volumes: Mapping[str, Volume] | None = None,
                options: Mapping[str, Any] | None = None) -> str:
         """Queue a job of ``kind`` with NRRD-encoded ``volumes``; returns the job id."""
+        if self.check_protocol and self._health is None:
+            self.health()
         files = {name: (f"{name}.nrrd", encode_nrrd(vol, compress=self.compress), "application/octet-stream")
                  for name, vol in (volumes or {}).items()}
         limit = (self._health or {}).get("limits", {}).get("max_upload_bytes")

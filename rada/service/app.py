@@ -478,6 +478,13 @@ def serve(settings: ServiceSettings, ready_file: Path | None = None, log_level: 
             if self.started:
                 on_ready()
 
+        async def shutdown(self, sockets: Any = None) -> None:
+            try:
+                await super().shutdown(sockets=sockets)
+            finally:  # uvicorn re-raises SIGTERM/SIGINT after this, so clean up here
+                if ready_file is not None:
+                    Path(ready_file).unlink(missing_ok=True)
+
     config = uvicorn.Config(app, log_level=log_level, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                             timeout_graceful_shutdown=5)
     try:

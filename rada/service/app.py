@@ -167,15 +167,6 @@ def device_info(device: str) -> dict[str, Any]:
     return {k: v for k, v in info.items() if v is not None}
 
 
-def loaded_models() -> list[str]:
-    store = sys.modules.get("rada.model_store")
-    fn = getattr(store, "loaded_models", None)
-    try:
-        return sorted(str(m) for m in fn()) if callable(fn) else []
-    except Exception:  # noqa: BLE001
-        return []
-
-
 # --- the app --------------------------------------------------------------------------------
 
 def _upload_schema(kinds: list[str]) -> dict[str, Any]:
@@ -239,7 +230,8 @@ def create_app(settings: ServiceSettings | None = None, runners: Mapping[str, Ru
         """Version, protocol, device, models and queue of this server."""
         return {"status": "ok", "rada_version": __version__, "protocol": PROTOCOL_VERSION,
                 "device": device_info(settings.device),
-                "models": {"available": list_models(settings), "loaded": loaded_models()},
+                # Models are loaded per job (a segment job reads its checkpoint once): none stays resident.
+                "models": {"available": list_models(settings), "loaded": []},
                 "kinds": sorted(runners), "queue": manager.counts(),
                 "limits": {"max_upload_bytes": settings.max_upload_bytes,
                            "max_volume_bytes": settings.max_volume_bytes},

@@ -23,6 +23,16 @@ def _print_json(obj: object) -> None:
     sys.stdout.write("\n")
 
 
+def _emit_report(report: dict, path: str | None) -> None:
+    """Print the JSON report on stdout and, with ``--report PATH``, write it there atomically."""
+    if path:
+        from rada.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(report, indent=2, default=float))
+    _print_json(report)
+
+
 # --- subcommands ------------------------------------------------------------------------
 # (each: an _add_* that builds the parser and sets ``func``)
 
@@ -58,7 +68,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from rada.io import atomic_path, read_annotation, read_volume, write_volume
+    from rada.io import read_annotation, read_volume, write_volume
     from rada.pipeline import SegmentConfig, segment_case
 
     image = read_volume(args.image)
@@ -72,10 +82,7 @@ def _run_segment(args: argparse.Namespace) -> int:
         bar.close()
     write_volume(result.label, args.out)
     report = {"out": str(args.out), **result.report}
-    if args.report:
-        with atomic_path(args.report) as tmp:
-            tmp.write_text(json.dumps(report, indent=2, default=float))
-    _print_json(report)
+    _emit_report(report, args.report)
     return 0
 
 
@@ -312,7 +319,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     import time
 
     from rada.infer import InferenceConfig, predict
-    from rada.io import atomic_path, read_annotation, read_volume, write_volume
+    from rada.io import read_annotation, read_volume, write_volume
 
     image = read_volume(args.image)
     annotation = read_annotation(args.annotation) if args.annotation else None
@@ -326,10 +333,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     report = {"out": str(args.out), "seconds": round(time.perf_counter() - t0, 3),
               "foreground_voxels": int(result.label.array.sum()),
               **{k: v for k, v in result.info.items()}}
-    if args.report:
-        with atomic_path(args.report) as tmp:
-            tmp.write_text(json.dumps(report, indent=2, default=float))
-    _print_json(report)
+    _emit_report(report, args.report)
     return 0
 
 

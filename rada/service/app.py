@@ -28,7 +28,9 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import re
+import socket
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -415,10 +417,8 @@ def _store_uploads(uploads: Mapping[str, Any], workdir: Path, max_volume_bytes: 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def bind_socket(host: str, port: int) -> "socket.socket":
+def bind_socket(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket on ``host:port`` (port 0: a free one, no race)."""
-    import os
-    import socket
 
     family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -437,7 +437,6 @@ def serve(settings: ServiceSettings, ready_file: Path | None = None, log_level: 
     ``ready_file`` receives ``{"url", "pid", "protocol"}`` as JSON once the server accepts
     connections (how :class:`rada.service.client.LocalServer` learns a port chosen with 0).
     """
-    import os
 
     import uvicorn
 

@@ -15,8 +15,9 @@ on (DeSCO, CVPR 2023). What differs from the reference code:
   that chain's registrations are cancelled).
 * Registrations are deterministic: ANTs reads a random seed of 0 as "seed from the clock"
   (measured: such runs differ), so ``PropagationConfig.seed`` is passed to ANTs as
-  ``seed + 1``; with it, sequential, parallel and repeated runs give identical transforms
-  whatever the ITK thread count.
+  ``seed + 1``. The ITK thread count changes the transforms too (measured), so every
+  registration runs in a worker process with one ITK thread, even with one worker: then
+  sequential, parallel and repeated runs give identical results.
 * A :class:`RegistrationCache`, keyed by the content of the two (cropped, normalised) image
   slices and the registration parameters, lets a second call on the same image (refinement:
   more annotated slices) reuse every registration it already ran; it lives in memory and,
@@ -82,7 +83,7 @@ class PropagationConfig:
     ``transform``: ANTs ``type_of_transform`` between neighbouring slices (``SyNRA`` or ``SyN``).
     ``preset``: ``full`` (ANTs defaults) or ``fast`` (slices registered downsampled 2x).
     ``seed``: registration seed (given to ANTs as ``seed + 1``: ANTs ignores 0).
-    ``workers``: registration processes (None = the CPUs this process may use; 1 = no pool).
+    ``workers``: registration processes (None = the CPUs this process may use).
     ``margin``: voxels added around the annotated extent when ``crop`` is on.
     ``kernel``: side of the square opening/closing after every warp (0 or 1 = none).
     ``stop_at_extent``: stop each axis at the structure's extent seen on the other annotated
@@ -93,7 +94,10 @@ class PropagationConfig:
     a refinement whose extent grows a little keeps the box, and so its cached registrations.
     ``start_method``: how the pool starts workers. ``spawn`` (default) is safe in a process
     that holds threads (torch, a server), but like any multiprocessing program, a script
-    that calls :func:`propagate` with several workers needs ``if __name__ == "__main__":``.
+    that calls :func:`propagate` needs ``if __name__ == "__main__":``.
+    ``isolate``: run registrations in worker processes with one ITK thread each, even with
+    one worker (off = in this process: faster to start, but the transforms then depend on
+    this process's ITK thread count, so results may differ from the isolated ones).
     """
 
     transform: str = "SyNRA"
@@ -108,6 +112,7 @@ class PropagationConfig:
     percentiles: tuple[float, float] = (1.0, 99.0)
     crop_quantum: int = 8
     start_method: str = "spawn"
+    isolate: bool = True
 
     def validated(self) -> "PropagationConfig":
         """Self, or an :class:`InputError` naming the bad field."""
@@ -249,8 +254,7 @@ def _ants_seed(seed: int) -> Iterator[None]:
 
     In-process we set the seed antspyx passes as ``--random-seed`` and nothing else:
     ``ants.config.set_ants_deterministic`` would also reseed the caller's global numpy and
-    ``random`` generators and pin ITK's thread count for the whole process. (The thread
-    count does not change the result once the seed is fixed; measured.)
+    ``random`` generators. Used only with ``PropagationConfig(isolate=False)``.
     """
     import ants
 
@@ -300,6 +304,42 @@ def _register_pair(fixed: np.ndarray, moving: np.ndarray, spacing: tuple[float, 
 
 def _register_task(task: tuple[np.ndarray, np.ndarray, tuple[float, float], dict[str, Any]]) -> TransformRecord:
     return _register_pair(*task)
+
+
+class _Executor:
+    """Where registrations run: worker processes with one ITK thread each (``isolate``), or
+    this process. The pool starts on the first submission, so fully cached calls start none.
+
+    Why isolate even for one worker: ITK reads its thread count once per process, and the
+    thread count changes the transforms (measured: 1 vs 2 threads give different results on
+    most LA slice pairs), so only one-thread worker processes give the same result
+    sequentially, in parallel and on any machine.
+    """
+
+    def __init__(self, cfg: "PropagationConfig", workers: int, seed: int) -> None:
+        self.cfg, self.workers, self.seed = cfg, workers, seed
+        self._pool: ProcessPoolExecutor | None = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        if not self.cfg.isolate:
+            fut: Future = Future()
+            with _ants_seed(self.seed):
+                fut.set_result(fn(*args))
+            return fut
+        if self._pool is None:
+            import multiprocessing
+
+            self._pool = ProcessPoolExecutor(max_workers=self.workers,
+                                             mp_context=multiprocessing.get_context(self.cfg.start_method),
+                                             initializer=_worker_init, initargs=(self.seed,))
+        return self._pool.submit(fn, *args)
+
+    def __enter__(self) -> "_Executor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- planning ---------------------------------------------------------------------------
@@ -504,35 +544,30 @@ def propagate(image: Volume, annotation: SparseAnnotation, config: PropagationCo
                     return chain.keys[chain.done:]
             return []
 
-        workers = min(cfg.n_workers(), len(pending))
-        if workers <= 1:
-            # In order, so that a chain going empty skips its remaining registrations.
-            with _ants_seed(ants_seed):
+        workers = max(1, min(cfg.n_workers(), len(pending)))
+        stats["workers"] = workers
+        with _Executor(cfg, workers, ants_seed) as pool:
+            if workers == 1:
+                # In chain order, so that a chain going empty skips its remaining registrations.
                 for chain in chains:
                     while chain.done < len(chain.steps) and not chain.dead:
                         key = chain.keys[chain.done]
                         if key not in records:
-                            store(key, _register_pair(*tasks[key]))
+                            store(key, pool.submit(_register_task, tasks[key]).result())
                             report("registering neighbouring slices")
                         advance(chain)
                     if chain.dead:
                         stats["registrations_skipped"] += sum(k not in records for k in chain.keys[chain.done:])
-        else:
-            stats["workers"] = workers
-            import multiprocessing
-
-            # Nearest steps first, across all chains, so that every chain can advance early.
-            order = sorted(((step, ci) for ci, c in enumerate(chains) for step in range(len(c.keys))))
-            submitted: list[str] = []
-            seen = set(records)
-            for step, ci in order:
-                key = chains[ci].keys[step]
-                if key not in seen:
-                    seen.add(key)
-                    submitted.append(key)
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(cfg.start_method),
-                                       initializer=_worker_init, initargs=(ants_seed,))
-            try:
+            else:
+                # Nearest steps first, across all chains, so that every chain can advance early.
+                order = sorted(((step, ci) for ci, c in enumerate(chains) for step in range(len(c.keys))))
+                submitted: list[str] = []
+                seen = set(records)
+                for step, ci in order:
+                    key = chains[ci].keys[step]
+                    if key not in seen:
+                        seen.add(key)
+                        submitted.append(key)
                 futures: dict[Future, str] = {pool.submit(_register_task, tasks[k]): k for k in submitted}
                 by_key = {k: f for f, k in futures.items()}
                 live = set(futures)
@@ -550,10 +585,8 @@ def propagate(image: Volume, annotation: SparseAnnotation, config: PropagationCo
                         live.discard(fut)
                         store(futures[fut], fut.result())
                     report("registering neighbouring slices")
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-            for chain in chains:  # every transform has arrived: finish the chains
-                advance(chain)
+                for chain in chains:  # every transform has arrived: finish the chains
+                    advance(chain)
 
     # Assemble the views on the full grid.
     known = annotation.known()

@@ -77,3 +77,29 @@ def test_segment_refuses_a_painting_missing_an_axis(tmp_path, capsys):
                  "--out", str(tmp_path / "out.nrrd")]) == 2
     assert "no annotated coronal slice" in capsys.readouterr().err
     assert not (tmp_path / "out.nrrd").exists()
+
+
+def test_propagate_writes_pseudo_labels_and_the_fused_estimate(tmp_path, capsys):
+    from rada.phantom import PhantomConfig
+    from rada.propagation import load_propagation
+
+    image, truth = make_phantom(PhantomConfig(shape_zyx=(14, 32, 32), spacing_xyz=(1.6, 1.6, 1.6)))
+    write_volume(image, tmp_path / "image.nrrd")
+    write_volume(truth, tmp_path / "truth.nrrd")
+    assert main(["prepare-sparse", str(tmp_path / "truth.nrrd"), "--out", str(tmp_path / "sparse.nrrd")]) == 0
+    capsys.readouterr()
+    assert main(["propagate", str(tmp_path / "image.nrrd"), "--annotation", str(tmp_path / "sparse.nrrd"),
+                 "--out", str(tmp_path / "prop.npz"), "--fused", str(tmp_path / "fused.nrrd"),
+                 "--workers", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stats"]["registrations_run"] > 0
+    result = load_propagation(tmp_path / "prop.npz")
+    assert set(result.views) == {"axial", "coronal", "sagittal"}
+    fused = read_volume(tmp_path / "fused.nrrd")
+    assert fused.same_grid(image)
+    # A coarse 14x32x32 phantom: the 5x5 opening costs detail, so only a loose bound here
+    # (real-data accuracy is covered by Testing/test_propagation.py and bench/propagation.py).
+    assert dice(fused.array, truth.array) > 0.6
+    sparse = read_volume(tmp_path / "sparse.nrrd").array
+    known = sparse != 255
+    np.testing.assert_array_equal(fused.array[known], sparse[known])

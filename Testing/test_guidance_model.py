@@ -7,13 +7,25 @@ import torch
 
 pytest.importorskip("open_clip")
 
-from guidance_helpers import (TINY, alpha_visual_state_dict, openai_state_dict, reference_encode_image,  # noqa: E402
-                              reference_encode_text, write_openai_jit)
+from guidance_helpers import (
+    TINY,
+    alpha_visual_state_dict,
+    openai_state_dict,
+    reference_encode_image,
+    reference_encode_text,
+    write_openai_jit,
+)
 
-from rada.errors import InputError  # noqa: E402
-from rada.guidance.alpha_clip import (AlphaCLIP, build_alpha_clip, build_clip, convert_alpha_visual,  # noqa: E402
-                                      load_alpha_visual, merge_lora)
-from rada.guidance.preprocess import preprocess_mask  # noqa: E402
+from rada.errors import InputError
+from rada.guidance.alpha_clip import (
+    AlphaCLIP,
+    build_alpha_clip,
+    build_clip,
+    convert_alpha_visual,
+    load_alpha_visual,
+    merge_lora,
+)
+from rada.guidance.preprocess import preprocess_mask
 
 
 def _images(n: int = 2, seed: int = 0) -> torch.Tensor:

@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from rada.errors import InputError
-from rada.guidance.preprocess import (ALPHA_BACKGROUND, ALPHA_FOREGROUND, CLIP_MEAN, CLIP_STD, binary_mask,
-                                      preprocess_image, preprocess_mask, preprocess_pair, scale_intensity)
+from rada.guidance.preprocess import (
+    ALPHA_BACKGROUND,
+    ALPHA_FOREGROUND,
+    CLIP_MEAN,
+    CLIP_STD,
+    binary_mask,
+    preprocess_image,
+    preprocess_mask,
+    preprocess_pair,
+    scale_intensity,
+)
 
 FG, BG = 1.9230769230769231, -1.9230769230769231
 

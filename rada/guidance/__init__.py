@@ -10,8 +10,17 @@ Consumers (training, the pipeline, the networks) only need::
 ``open_clip`` is imported lazily: loading a cache file needs only numpy and torch.
 """
 
-from rada.guidance.embed import (DEFAULT_FILENAME, DEFAULT_PROMPT, VIEWS, GuidanceEmbeddings, compute_embeddings,
-                                 default_prompt, embed_dataset, load_embeddings, save_embeddings)
+from rada.guidance.embed import (
+                                 DEFAULT_FILENAME,
+                                 DEFAULT_PROMPT,
+                                 VIEWS,
+                                 GuidanceEmbeddings,
+                                 compute_embeddings,
+                                 default_prompt,
+                                 embed_dataset,
+                                 load_embeddings,
+                                 save_embeddings,
+)
 from rada.guidance.weights import DEFAULT_VARIANT, REGISTRY, VARIANTS, ResolvedWeights, cache_dir, resolve
 
 __all__ = ["DEFAULT_FILENAME", "DEFAULT_PROMPT", "VIEWS", "GuidanceEmbeddings", "compute_embeddings",

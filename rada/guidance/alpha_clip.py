@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -148,7 +149,9 @@ def build_clip(openai: str | os.PathLike | None = None,
         if not path.is_file():
             raise InputError(f"no OpenAI CLIP weights at {path}")
         try:
-            model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
+            with warnings.catch_warnings():  # OpenAI's file is a TorchScript archive; torch now deprecates jit.load
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=FutureWarning)
+                model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
         except (RuntimeError, KeyError, ValueError, EOFError) as exc:
             raise InputError(f"{path} is not an OpenAI CLIP checkpoint ({type(exc).__name__}: {exc})") from None
     elif isinstance(config, str):
@@ -190,7 +193,7 @@ def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, Tensor]:
             raise InputError(f"no checkpoint at {path}")
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        except Exception as exc:
             raise InputError(f"cannot read {path} as a torch checkpoint: {exc}".splitlines()[0]) from None
     for key in ("state_dict", "model"):
         if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):

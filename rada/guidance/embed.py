@@ -28,8 +28,15 @@ from torch import Tensor
 
 from rada.annotation import AXES, SparseAnnotation, take_slice
 from rada.errors import InputError
-from rada.guidance.preprocess import (ALPHA_MEAN, ALPHA_STD, CLIP_MEAN, CLIP_STD, IMAGE_SIZE, PERCENTILES,
-                                      preprocess_pair)
+from rada.guidance.preprocess import (
+    ALPHA_MEAN,
+    ALPHA_STD,
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGE_SIZE,
+    PERCENTILES,
+    preprocess_pair,
+)
 from rada.guidance.weights import DEFAULT_VARIANT, ResolvedWeights, resolve
 from rada.volume import Volume
 
@@ -70,7 +77,7 @@ class GuidanceEmbeddings:
             raise ValueError("disabled guidance carries no vectors")
 
     @classmethod
-    def off(cls, reason: str, organ: str = "", prompt: str = "", **source: Any) -> "GuidanceEmbeddings":
+    def off(cls, reason: str, organ: str = "", prompt: str = "", **source: Any) -> GuidanceEmbeddings:
         """Guidance off, with the reason every output will repeat."""
         return cls(False, None, {}, organ, prompt, reason, dict(source))
 
@@ -140,7 +147,7 @@ def _versions() -> dict[str, str]:
 
 
 def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnnotation], organ: str,
-                       weights: "ResolvedWeights | Any | None" = None, *, prompt: str | None = None,
+                       weights: ResolvedWeights | Any | None = None, *, prompt: str | None = None,
                        variant: str = DEFAULT_VARIANT, device: str = "cpu", batch_size: int = 8,
                        percentiles: Sequence[float] = PERCENTILES, case_ids: Sequence[str] | None = None,
                        progress: Progress | None = None) -> GuidanceEmbeddings:
@@ -159,7 +166,7 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
 
     source: dict[str, Any] = {"variant": variant}
     try:
-        import open_clip  # noqa: F401
+        import open_clip
     except ImportError:
         return GuidanceEmbeddings.off("guidance off: open_clip_torch is not installed (pip install "
                                       "'rada[guidance]')", organ, prompt, variant=variant)
@@ -263,9 +270,14 @@ def load_embeddings(path: str | os.PathLike) -> GuidanceEmbeddings:
 def embed_dataset(dataset: str | os.PathLike, out: str | os.PathLike | None = None,
                   weights: ResolvedWeights | Any | None = None, *, variant: str = DEFAULT_VARIANT,
                   prompt: str | None = None, device: str = "cpu", batch_size: int = 8,
-                  split: str = "train", progress: Progress | None = None) -> tuple[GuidanceEmbeddings, Path]:
+                  split: str = "train", allow_off: bool = True,
+                  progress: Progress | None = None) -> tuple[GuidanceEmbeddings, Path]:
     """Embeddings of a ``dataset.json`` folder's labeled cases, written to ``out``
-    (default: ``<dataset>/guidance_embeddings.npz``). Organ and prompt come from the dataset."""
+    (default: ``<dataset>/guidance_embeddings.npz``). Organ and prompt come from the dataset.
+
+    Without weights the guidance-off record is written, or, with ``allow_off=False``,
+    :class:`InputError` says why and nothing is written.
+    """
     from rada.dataset import load_annotation, read_dataset
     from rada.io import read_volume
 
@@ -286,6 +298,8 @@ def embed_dataset(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     emb = compute_embeddings(volumes(), annotations(), spec.organ, weights, prompt=prompt, variant=variant,
                              device=device, batch_size=batch_size, case_ids=[c.id for c in cases],
                              progress=progress)
+    if not emb.enabled and not allow_off:
+        raise InputError(emb.reason)
     target = Path(out) if out else spec.root / DEFAULT_FILENAME
     return emb, save_embeddings(emb, target)
 

@@ -161,7 +161,7 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None, 
         request.add_header("Range", f"bytes={offset}-")
     h = hashlib.sha256()
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - registry/user URLs
+        response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:   # the partial file is already complete
             response = None

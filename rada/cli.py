@@ -417,6 +417,157 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="encoder weights: download, import (offline), list",
+                       description="Alpha-CLIP / CLIP weights in the per-user cache ($RADA_HOME/weights, else "
+                                   "~/.cache/rada/weights). Downloads resume and are sha256-checked; behind a "
+                                   "firewall, fetch the files elsewhere and import them.")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    d = actions.add_parser("download", help="download registry files (resumable, sha256-checked)")
+    d.add_argument("names", nargs="*", metavar="NAME",
+                   help="registry names (rada weights list) or encoder variants such as clip-b16 "
+                        "(default: the files of the default encoder, alpha-clip-b16-grit1m)")
+    d.add_argument("--url", default=None, help="download from this URL (a mirror) instead; one NAME only")
+    d.add_argument("--force", action="store_true", help="download again even if present")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=_run_weights_download)
+    i = actions.add_parser("import", help="copy a weights file fetched elsewhere into the cache (offline path)")
+    i.add_argument("file", help="the file, e.g. ViT-B-16.pt or clip_b16_grit1m_fultune_8xe.pth")
+    i.add_argument("--name", default=None, help="registry name, if the file was renamed")
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
+    i.set_defaults(func=_run_weights_import)
+    ls = actions.add_parser("list", help="known weights, where they are, their sha256")
+    ls.set_defaults(func=_run_weights_list)
+
+
+def _run_weights_download(args: argparse.Namespace) -> int:
+    from rada.guidance import weights as W
+
+    names: list[str] = [] if args.names else W.files_for([W.DEFAULT_VARIANT])
+    for n in args.names:
+        # a registry name means that file; an encoder variant (not a file name) means its files
+        for f in ([W.lookup(n).name] if n in W.REGISTRY or n not in W.VARIANTS else W.files_for([n])):
+            if f not in names:
+                names.append(f)
+    if args.url and len(names) != 1:
+        raise InputError(f"--url needs exactly one registry name, got {', '.join(names)}")
+    rows = []
+    for n in names:
+        path = W.download(n, url=args.url, progress=not args.quiet, force=args.force)
+        record = W.read_manifest().get(path.name, {})
+        rows.append({"name": n, "path": str(path), "sha256": record.get("sha256"),
+                     "verified": bool(record.get("verified"))})
+    _print_json(rows)
+    return 0
+
+
+def _run_weights_import(args: argparse.Namespace) -> int:
+    from rada.guidance import weights as W
+
+    path = W.import_file(args.file, name=args.name, progress=not args.quiet)
+    record = W.read_manifest().get(path.name, {})
+    _print_json({"path": str(path), "sha256": record.get("sha256"), "verified": bool(record.get("verified"))})
+    return 0
+
+
+def _run_weights_list(args: argparse.Namespace) -> int:
+    from rada.guidance import weights as W
+
+    _print_json(W.list_weights())
+    return 0
+
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    from rada.guidance.weights import DEFAULT_VARIANT, VARIANTS
+
+    p = sub.add_parser("embed", help="Alpha-CLIP text + per-view visual embeddings, computed once (cache file)",
+                       description="Compute the frozen dual encoder's guidance embeddings once: the prompt's "
+                                   "text embedding and, per view, the mean visual embedding of the labeled "
+                                   "volumes' annotated slices (image + mask). Input: a dataset folder (its "
+                                   "labeled train cases; written to DATASET/guidance_embeddings.npz by default) "
+                                   "or image volumes with --annotation. Without weights the guidance is off: "
+                                   "exit 2, or with --allow-off a file that says so.")
+    p.add_argument("inputs", nargs="+", metavar="DATASET_OR_IMAGES", help="dataset folder, or image volumes")
+    p.add_argument("--annotation", nargs="+", default=None, help="sparse annotations, one per image")
+    p.add_argument("--organ", default=None, help="structure name for the prompt (images mode; datasets have one)")
+    p.add_argument("--prompt", default=None,
+                   help="text prompt (default: 'An image containing the {organ}, with the rest being background')")
+    p.add_argument("--out", default=None, help="embeddings file (.npz)")
+    p.add_argument("--encoder", default=DEFAULT_VARIANT, choices=sorted(VARIANTS), help="weights variant in the cache")
+    p.add_argument("--openai", default=None, help="use this OpenAI ViT-B-16.pt instead of the cache")
+    p.add_argument("--visual", default=None, help="use this Alpha-CLIP visual checkpoint instead of the cache")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    p.add_argument("--allow-off", action="store_true", help="without weights, write a guidance-off file (exit 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_embed)
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from rada.guidance import compute_embeddings, embed_dataset, save_embeddings
+    from rada.guidance.weights import ResolvedWeights, sha256_file
+
+    weights = None
+    if args.openai or args.visual:
+        if not args.openai:
+            raise InputError("--visual needs --openai (the Alpha-CLIP file holds only the visual tower)")
+        files = [Path(f) for f in (args.openai, args.visual) if f]
+        for f in files:
+            if not f.is_file():
+                raise InputError(f"no such file: {f}")
+        weights = ResolvedWeights("files", files[0], files[1] if len(files) > 1 else None,
+                                  {f.name: sha256_file(f) for f in files})
+    first = Path(args.inputs[0])
+    dataset_mode = len(args.inputs) == 1 and (first.is_dir() or first.name == "dataset.json")
+    t0 = time.perf_counter()
+    bar, progress = _stderr_progress("embed")
+    if args.quiet:
+        bar.disable = True
+    try:
+        if dataset_mode:
+            if args.annotation:
+                raise InputError("--annotation is for images; a dataset lists its own annotations")
+            try:
+                emb, out = embed_dataset(first, args.out, weights, variant=args.encoder, prompt=args.prompt,
+                                         device=args.device, batch_size=args.batch_size, allow_off=args.allow_off,
+                                         progress=lambda f, m: progress(f, "embed", m))
+            except InputError as exc:
+                if str(exc).startswith("guidance off"):
+                    raise InputError(f"{exc}; --allow-off writes a guidance-off file instead") from None
+                raise
+        else:
+            from rada.io import read_annotation, read_volume
+
+            if not args.annotation or len(args.annotation) != len(args.inputs):
+                raise InputError(f"give one --annotation per image ({len(args.inputs)} images, "
+                                 f"{len(args.annotation or [])} annotations)")
+            if not args.organ:
+                raise InputError("--organ is needed for images (e.g. --organ 'left atrium')")
+            if not args.out:
+                raise InputError("--out is needed for images")
+            emb = compute_embeddings((read_volume(p) for p in args.inputs),
+                                     (read_annotation(a) for a in args.annotation), args.organ, weights,
+                                     prompt=args.prompt, variant=args.encoder, device=args.device,
+                                     batch_size=args.batch_size, case_ids=[Path(p).name for p in args.inputs],
+                                     progress=lambda f, m: progress(f, "embed", m))
+            out = None
+    finally:
+        bar.close()
+    if not emb.enabled and not args.allow_off:
+        raise InputError(f"{emb.reason}; --allow-off writes a guidance-off file instead")
+    if out is None:
+        out = save_embeddings(emb, args.out)
+    source = emb.source
+    _print_json({"out": str(out), "enabled": emb.enabled, "reason": emb.reason, "organ": emb.organ,
+                 "prompt": emb.prompt, "encoder": source.get("variant"), "sha256": source.get("sha256"),
+                 "slices": source.get("slices"), "cases": source.get("cases"),
+                 "seconds": round(time.perf_counter() - t0, 3)})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rada", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"rada {__version__}")

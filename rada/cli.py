@@ -523,9 +523,10 @@ def _run_embed(args: argparse.Namespace) -> int:
     first = Path(args.inputs[0])
     dataset_mode = len(args.inputs) == 1 and (first.is_dir() or first.name == "dataset.json")
     t0 = time.perf_counter()
-    bar, progress = _stderr_progress("embed")
     if args.quiet:
-        bar.disable = True
+        bar, progress = None, (lambda fraction, stage, message: None)
+    else:
+        bar, progress = _stderr_progress("embed")
     try:
         if dataset_mode:
             if args.annotation:
@@ -555,7 +556,8 @@ def _run_embed(args: argparse.Namespace) -> int:
                                      progress=lambda f, m: progress(f, "embed", m))
             out = None
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     if not emb.enabled and not args.allow_off:
         raise InputError(f"{emb.reason}; --allow-off writes a guidance-off file instead")
     if out is None:

@@ -45,7 +45,8 @@ def ants_majority(image, sparse):
     """The reference path: sequential DeSCO-style propagation at full resolution."""
     from rada.propagation import PropagationConfig, propagate
 
-    return propagate(image, sparse, PropagationConfig.reference()).fused > 0
+    reference = PropagationConfig(workers=1, crop=False, stop_at_extent=False, transform="SyNRA")
+    return propagate(image, sparse, reference).fused > 0
 
 
 def main() -> int:

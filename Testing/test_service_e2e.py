@@ -82,3 +82,31 @@ def test_local_server_that_cannot_start_reports_its_log():
     with pytest.raises(ServerUnavailableError, match="(?s)exited with code 2.*max_workers must be at least 1"):
         server.start(timeout=60)
     assert not server.running
+
+
+def test_refinement_reuses_the_model_output_of_the_same_image(tmp_path):
+    """A second Segment on the same image (one more painted slice) reuses cached work."""
+    import torch
+
+    from rada.annotation import SparseAnnotation
+    from rada.nets.triview import ModelConfig, TriViewModel
+    from rada.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = TriViewModel(ModelConfig.make(width=4, guidance=False))
+    models = tmp_path / "models"
+    save_checkpoint({"views": {k: n.state_dict() for k, n in model.nets.items()},
+                     "model_config": model.config.as_dict(), "preprocessing": {"patch_size": [16, 16, 16]},
+                     "guidance": {"enabled": False}}, models / "tiny.pt")
+    image, annotation, truth = ellipsoid_case((24, 24, 24))
+    more = SparseAnnotation.from_dense(image.with_array(truth.astype(np.uint8)),
+                                       {**annotation.slices(), "axial": annotation.slices()["axial"] + [8]})
+    app = create_app(ServiceSettings(token=TOKEN, work_dir=tmp_path / "work", models_dir=models, device="cpu"))
+    with ServerThread(app) as srv, RadaClient(srv.url, TOKEN) as client:
+        assert "tiny" in client.health()["models"]["available"]
+        _, first = client.segment(image, annotation, {"model": "tiny"}, timeout=60)
+        label, second = client.segment(image, more, {"model": "tiny"}, timeout=60)
+    assert not first["model"].get("cached") and second["model"]["cached"] is True
+    assert first["model"]["content_hash"] == second["model"]["content_hash"]
+    known = more.known()
+    assert np.array_equal(label.array[known], more.foreground()[known])

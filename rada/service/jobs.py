@@ -409,27 +409,51 @@ def list_models(settings: Any) -> list[str]:
     return sorted(set(names))
 
 
-def run_segment_job(ctx: JobContext) -> JobOutput:
-    """The Segment button: uploads ``image`` + ``annotation``, options of :class:`SegmentConfig`."""
-    from rada.annotation import SparseAnnotation
-    from rada.pipeline import SegmentConfig, segment_case
+class SegmentRunner:
+    """The Segment button: uploads ``image`` + ``annotation``, options of :class:`SegmentConfig`.
 
-    options = _check_options(ctx.options, SEGMENT_OPTIONS, "segment")
-    if options.get("model"):
-        options["model"] = str(resolve_model(ctx.settings, options["model"]))
-    options.setdefault("device", ctx.settings.device)
-    ctx.progress(0.0, "decode", "reading the uploaded volumes")
-    image = ctx.volume("image")
-    annotation = SparseAnnotation(ctx.volume("annotation"))
-    ctx.check_cancel()
-    result = segment_case(image, annotation, SegmentConfig(**options), progress=ctx.progress, cancel=ctx.cancel)
-    report = dict(result.report)
-    if "model" in report and isinstance(report["model"], dict):
-        report["model"] = {k: v for k, v in report["model"].items() if k not in ("path", "checkpoint")}
-    return JobOutput(result.label, report)
+    Keeps the annotation-independent work (registrations, model outputs) of the last few
+    images, so that a refinement (the same image with more painted slices) is faster.
+    """
 
+    required_inputs = ("image", "annotation")
 
-run_segment_job.required_inputs = ("image", "annotation")  # type: ignore[attr-defined]
+    def __init__(self, max_images: int = 4) -> None:
+        from collections import OrderedDict
+
+        self.max_images = max_images
+        self._caches: "OrderedDict[str, Any]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _cache_for(self, image: Any) -> Any:
+        from rada.pipeline import SegmentCache, image_key
+
+        key = image_key(image)
+        with self._lock:
+            cache = self._caches.pop(key, None) or SegmentCache()
+            self._caches[key] = cache
+            while len(self._caches) > self.max_images:
+                self._caches.popitem(last=False)
+        return cache
+
+    def __call__(self, ctx: JobContext) -> JobOutput:
+        from rada.annotation import as_annotation
+        from rada.pipeline import SegmentConfig, segment_case
+
+        options = _check_options(ctx.options, SEGMENT_OPTIONS, "segment")
+        if options.get("model"):
+            options["model"] = str(resolve_model(ctx.settings, options["model"]))
+        options.setdefault("device", ctx.settings.device)
+        ctx.progress(0.0, "decode", "reading the uploaded volumes")
+        image = ctx.volume("image")
+        annotation = as_annotation(ctx.volume("annotation"))  # a sparse annotation or a plain painting
+        ctx.check_cancel()
+        result = segment_case(image, annotation, SegmentConfig(**options), progress=ctx.progress,
+                              cancel=ctx.cancel, cache=self._cache_for(image))
+        report = dict(result.report)
+        if "model" in report and isinstance(report["model"], dict):
+            report["model"] = {k: v for k, v in report["model"].items() if k not in ("path", "checkpoint")}
+        return JobOutput(result.label, report)
 
 TRAIN_OPTIONS = {"dataset": str, "model_name": str, "iterations": int, "device": str, "seed": int,
                  "resume": bool, "checkpoint_every": int}
@@ -482,4 +506,4 @@ run_train_job.required_inputs = ()  # type: ignore[attr-defined]
 
 
 def default_runners() -> dict[str, Runner]:
-    return {"segment": run_segment_job, "train": run_train_job}
+    return {"segment": SegmentRunner(), "train": run_train_job}

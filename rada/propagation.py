@@ -453,6 +453,13 @@ def propagate(image: Volume, annotation: SparseAnnotation, config: PropagationCo
     ``progress(fraction, message)`` is called as registrations finish. ``cache`` keeps the
     registrations for a later call on the same image. Raises :class:`InputError` for an
     unusable image, annotation or configuration.
+
+    ``stats``: ``registrations_planned`` (slice pairs the chains may need),
+    ``registrations_run`` (computed now), ``registrations_cached`` (found in ``cache``),
+    ``registrations_skipped`` (not needed: a chain went empty), ``identity_transforms``
+    (slices too small or flat to register), ``workers``, ``ranges`` (per axis, the slices
+    propagation may reach, ``[lo, hi)``), ``box`` (the crop, ``[start, stop)`` per array
+    axis), ``seconds``, ``transform`` and ``preset``.
     """
     t_start = time.perf_counter()
     cfg = config.validated()
@@ -572,10 +579,12 @@ def propagate(image: Volume, annotation: SparseAnnotation, config: PropagationCo
                 by_key = {k: f for f, k in futures.items()}
                 live = set(futures)
                 while True:
-                    for chain in chains:
-                        for k in advance(chain):
+                    unneeded = [k for chain in chains for k in advance(chain)]
+                    if unneeded:  # a chain went empty; identical slice pairs may serve another
+                        needed = {k for c in chains if not c.dead for k in c.keys[c.done:]}
+                        for k in unneeded:
                             fut = by_key.get(k)
-                            if fut is not None and fut in live and fut.cancel():
+                            if k not in needed and fut is not None and fut in live and fut.cancel():
                                 live.discard(fut)
                                 stats["registrations_skipped"] += 1
                     if not live:

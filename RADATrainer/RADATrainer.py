@@ -1,0 +1,301 @@
+"""RADATrainer: train a RADA model on a dataset folder or on the cases painted in the scene.
+
+Thin on purpose: the work is in RADATrainerLib (no Qt, runs on slicer-core in CI) and in the
+RADA server (job kind "train"), reached only through ``rada.service.client``. A finished
+model lands in the models folder RADASegmentation lists, and becomes its selected model.
+"""
+
+import logging
+import os
+from typing import Annotated
+
+import qt
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+POLL_INTERVAL_MS = 1000
+
+
+class RADATrainer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("RADA Trainer")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["RADASegmentation"]
+        self.parent.contributors = ["RADA developers"]
+        self.parent.helpText = _(
+            "Train a RADA model from sparse annotations (one painted slice per axis per case): pick a "
+            "dataset folder (dataset.json) or use the cases painted in this scene, check it, then Start. "
+            "Stop keeps the last checkpoint; Resume continues it. The trained model is offered to "
+            "RADA Segmentation by name.")
+        self.parent.helpText += self.getDefaultModuleDocumentationLink()
+        self.parent.acknowledgementText = _("RADA: barely-supervised 3D organ segmentation.")
+
+
+@parameterNodeWrapper
+class RADATrainerParameterNode:
+    datasetSource: Annotated[str, Choice(["dataset folder", "current scene"])] = "dataset folder"
+    datasetFolder: str = ""
+    organ: str = "organ"
+    modelName: str = ""
+    iterations: Annotated[int, WithinRange(1, 1000000)] = 3000
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    serverMode: Annotated[str, Choice(["local", "remote"])] = "local"
+
+
+class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._task = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.timeout.connect(self.onTimer)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/RADATrainer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = RADATrainerLogic()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        for table in (self.ui.problemsTableWidget, self.ui.checkpointsTableWidget):
+            table.horizontalHeader().setStretchLastSection(True)
+            table.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
+        self.ui.datasetFolderPathLineEdit.currentPathChanged.connect(self.onDatasetFolderChanged)
+        self.ui.validateButton.clicked.connect(self.onValidate)
+        self.ui.startButton.clicked.connect(lambda: self.onStart(resume=False))
+        self.ui.resumeButton.clicked.connect(lambda: self.onStart(resume=True))
+        self.ui.stopButton.clicked.connect(self.onStop)
+        self.ui.refreshCheckpointsButton.clicked.connect(self.onRefreshCheckpoints)
+        self.ui.useModelButton.clicked.connect(self.onUseModel)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._timer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            if self.ui.datasetFolderPathLineEdit.currentPath != self._parameterNode.datasetFolder:
+                self.ui.datasetFolderPathLineEdit.currentPath = self._parameterNode.datasetFolder
+
+    def onDatasetFolderChanged(self, path) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.datasetFolder = path or ""
+
+    def _fillTable(self, table, rows) -> None:
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, value in enumerate(row):
+                table.setItem(r, c, qt.QTableWidgetItem(str(value)))
+        table.resizeColumnsToContents()
+
+    def onValidate(self) -> bool:
+        from RADASegmentation import ensureDependencies
+        if not ensureDependencies(requester="RADATrainer"):
+            return False
+        with slicer.util.tryWithErrorDisplay(_("Could not check the dataset."), waitCursor=True):
+            folder, problems = self.logic.prepareDataset(self._parameterNode)
+            self._fillTable(self.ui.problemsTableWidget, [p.row() for p in problems])
+            blocking = [p for p in problems if p.blocking]
+            if folder is None or blocking:
+                self.ui.statusLabel.text = _(f"{len(blocking)} problem(s) to fix before training.")
+                return False
+            self.ui.statusLabel.text = _(f"Dataset ready: {folder}")
+            return True
+        return False
+
+    def onStart(self, resume=False) -> None:
+        if not self.onValidate():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
+            self._task = self.logic.start(self._parameterNode, resume=resume)
+            self.ui.statusLabel.text = self.logic.deviceMessage()
+            self.ui.stopButton.enabled = True
+            self.ui.startButton.enabled = self.ui.resumeButton.enabled = False
+            self.ui.lossPlotWidget.setMRMLPlotChartNode(self.logic.lossChart([]))
+            self._timer.start()
+
+    def onTimer(self) -> None:
+        try:
+            task = self.logic.poll(self._task)
+            self.ui.progressBar.value = int(round(100 * task.fraction))
+            self.ui.statusLabel.text = f"{task.stage}: {task.message}"
+            if task.losses:
+                self.logic.lossChart(task.losses)
+            if task.finished:
+                self._finish(task)
+        except Exception as exc:  # noqa: BLE001 - shown, the UI stays usable
+            logging.exception("RADA training poll failed")
+            self.ui.statusLabel.text = _(f"Error: {exc}")
+            self._finish(None)
+
+    def _finish(self, task) -> None:
+        self._timer.stop()
+        self._task = None
+        self.ui.stopButton.enabled = False
+        self.ui.startButton.enabled = self.ui.resumeButton.enabled = True
+        if task is None:
+            return
+        if task.state == "done":
+            self.ui.statusLabel.text = _(f"Model '{task.model_name}' trained: {task.report}")
+            self.logic.publishModel(task.model_name)
+            self.ui.evaluationLabel.text = _(f"Last run: {task.report}")
+        elif task.state == "failed":
+            self.ui.statusLabel.text = _(f"Training failed: {task.error}")
+        else:
+            self.ui.statusLabel.text = _("Stopped. Resume continues from the last checkpoint.")
+        self.onRefreshCheckpoints()
+
+    def onStop(self) -> None:
+        if self._task is not None:
+            with slicer.util.tryWithErrorDisplay(_("Could not stop training.")):
+                self.logic.stop(self._task)
+                self.ui.statusLabel.text = _("Stopping at the next iteration...")
+
+    def onRefreshCheckpoints(self) -> None:
+        rows = self.logic.checkpoints()
+        self._fillTable(self.ui.checkpointsTableWidget,
+                        [[r["name"], r["size_mb"], r["modified"], "yes" if r["resumable"] else ""] for r in rows])
+
+    def onUseModel(self) -> None:
+        row = self.ui.checkpointsTableWidget.currentRow()
+        if row < 0:
+            slicer.util.errorDisplay(_("Select a model in the table first."))
+            return
+        name = self.ui.checkpointsTableWidget.item(row, 0).text()
+        self.logic.publishModel(name)
+        self.ui.statusLabel.text = _(f"RADA Segmentation will use model '{name}'.")
+
+
+class RADATrainerLogic(ScriptedLoadableModuleLogic):
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._core = None
+
+    def getParameterNode(self):
+        return RADATrainerParameterNode(super().getParameterNode())
+
+    @property
+    def core(self):
+        if self._core is None:
+            from RADASegmentationLib.backend import Backend
+            from RADATrainerLib.logic import TrainerLogic
+            self._core = TrainerLogic(Backend())
+        return self._core
+
+    @staticmethod
+    def modelsDir() -> str:
+        from RADASegmentationLib.backend import default_data_dir
+        return qt.QSettings().value("RADA/ModelsFolder") or str(default_data_dir() / "models")
+
+    def _configure(self, p) -> None:
+        from RADASegmentationLib.backend import BackendConfig, slicer_python
+        settings = qt.QSettings()
+        config = BackendConfig(mode=p.serverMode, url=settings.value("RADA/ServerURL") or "",
+                               token=settings.value("RADA/ServerToken") or "", device=p.device,
+                               models_dir=self.modelsDir(), python=slicer_python())
+        self.core.backend.configure(config)
+
+    def prepareDataset(self, p):
+        """(folder, problems): the picked folder, or the scene's cases exported to one."""
+        from RADATrainerLib.logic import export_scene_dataset, scene_cases, validate_dataset
+        from RADASegmentationLib.backend import default_data_dir
+        if p.datasetSource == "current scene":
+            name = (p.modelName or p.organ or "scene").replace(" ", "_")
+            folder, problems = export_scene_dataset(scene_cases(slicer.mrmlScene),
+                                                    default_data_dir() / "datasets" / name, name, p.organ)
+            if folder is None:
+                return None, problems
+            p.datasetFolder = str(folder)
+            _spec, more = validate_dataset(folder)
+            return folder, problems + more
+        if not p.datasetFolder:
+            from RADATrainerLib.logic import Problem
+            return None, [Problem("(dataset)", "dataset", "pick a dataset folder (with dataset.json)")]
+        _spec, problems = validate_dataset(p.datasetFolder)
+        return p.datasetFolder, problems
+
+    def start(self, p, resume=False):
+        self._configure(p)
+        dataset = self.core.use_dataset_folder(p.datasetFolder, self.modelsDir()) \
+            if p.serverMode == "local" else os.path.basename(os.path.normpath(p.datasetFolder))
+        return self.core.start(dataset, p.modelName, p.iterations, p.device, resume=resume)
+
+    def poll(self, task):
+        return self.core.poll(task)
+
+    def stop(self, task) -> None:
+        self.core.stop(task)
+
+    def lossChart(self, losses):
+        from RADATrainerLib.logic import update_loss_plot
+        return update_loss_plot(slicer.mrmlScene, losses)
+
+    def checkpoints(self):
+        from RADATrainerLib.logic import checkpoints
+        return checkpoints(self.modelsDir())
+
+    def deviceMessage(self) -> str:
+        try:
+            return self.core.backend.device_message()
+        except Exception as exc:  # noqa: BLE001
+            return _(f"Server not reachable: {exc}")
+
+    @staticmethod
+    def publishModel(name: str) -> None:
+        """RADA Segmentation picks this model next time (shared settings key)."""
+        qt.QSettings().setValue("RADA/LastModel", name)
+        try:
+            segLogic = slicer.util.getModuleLogic("RADASegmentation")
+            segLogic.getParameterNode().modelName = name
+        except Exception:  # noqa: BLE001 - the module may not be loaded yet
+            pass
+
+
+class RADATrainerTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        from RADATrainerLib import selftest
+        for check in selftest.OFFLINE_CHECKS:
+            self.setUp()
+            self.delayDisplay(f"RADATrainer: {check.__name__}")
+            check(slicer.mrmlScene)
+        self.delayDisplay("RADATrainer checks passed")

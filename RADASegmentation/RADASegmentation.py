@@ -9,17 +9,21 @@ import os
 from typing import Annotated
 
 import qt
-import vtk
-
 import slicer
+import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
+logger = logging.getLogger(__name__)
 POLL_INTERVAL_MS = 300
 
 
@@ -79,8 +83,8 @@ def ensureDependencies(requester="RADA") -> bool:
         try:
             import PyTorchUtils
         except ImportError:
-            slicer.util.errorDisplay(_(f"{problem}. Install the 'PyTorch' extension from the Extensions "
-                                       f"Manager, restart Slicer, then try again."))
+            slicer.util.errorDisplay(_("{0}. Install the 'PyTorch' extension from the Extensions "
+                                       "Manager, restart Slicer, then try again.").format(problem))
             return False
         torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
             askConfirmation=True, torchVersionRequirement=dependencies.TORCH_REQUIREMENT)
@@ -110,18 +114,18 @@ def ensureDependencies(requester="RADA") -> bool:
                       skip_packages=list(dependencies.SHIPPED), requester=requester)
         else:  # older Slicer: ask, then pip_install with the constraints
             if not slicer.util.confirmOkCancelDisplay(
-                    _(f"RADA needs these Python packages: {', '.join(needed)}. Install them now "
-                      f"(a few minutes; Slicer's own packages are not changed)?")):
+                    _("RADA needs these Python packages: {0}. Install them now "
+                      "(a few minutes; Slicer's own packages are not changed)?").format(", ".join(needed))):
                 return False
             slicer.util.pip_install(" ".join(f'"{r}"' for r in needed) + f' -c "{constraints}"')
         still = dependencies.to_install(requirements)
         if still:
-            slicer.util.errorDisplay(_(f"These packages are still missing: {', '.join(still)}"))
+            slicer.util.errorDisplay(_("These packages are still missing: {0}").format(', '.join(still)))
             return False
     try:
-        import rada.service.client  # noqa: F401,F811
+        import rada.service.client  # noqa: F401
     except ImportError as exc:
-        slicer.util.errorDisplay(_(f"The rada package cannot be imported: {exc}"))
+        slicer.util.errorDisplay(_("The rada package cannot be imported: {0}").format(exc))
         return False
     return True
 
@@ -204,6 +208,9 @@ class RADASegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
+        lastModel = qt.QSettings().value("RADA/LastModel") or ""
+        if lastModel and not self._parameterNode.modelName:  # a model RADATrainer just trained
+            self._parameterNode.modelName = lastModel
         if not self._parameterNode.paintedSegmentation:
             firstSegmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
             if firstSegmentation:
@@ -310,7 +317,7 @@ class RADASegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateGUIFromParameterNode()
             self.ui.deviceLabel.text = self.logic.deviceMessage()
             if current and current not in models:
-                self.ui.statusLabel.text = _(f"Model '{current}' is not offered by the server.")
+                self.ui.statusLabel.text = _("Model '{0}' is not offered by the server.").format(current)
 
     def onSegmentButton(self) -> None:
         if not ensureDependencies():
@@ -354,11 +361,11 @@ class RADASegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.ui.undoButton.enabled = True
                     self.ui.progressBar.value = 100
                 self.ui.statusLabel.text = task.status_line()
-        except Exception as exc:  # noqa: BLE001 - shown to the user, the UI stays usable
-            logging.exception("RADA segmentation failed")
+        except Exception as exc:
+            logger.exception("RADA segmentation failed")
             self._timer.stop()
             self._task, self._pendingSubmit = None, False
-            self.ui.statusLabel.text = _(f"Error: {exc}")
+            self.ui.statusLabel.text = _("Error: {0}").format(exc)
             self.ui.stageLabel.text = ""
         finally:
             self.updateButtons()
@@ -411,7 +418,11 @@ class RADASegmentationLogic(ScriptedLoadableModuleLogic):
         return {key: settings.value(key) for key in SETTINGS_KEYS.values()}
 
     def configureBackend(self, p) -> None:
-        from RADASegmentationLib.backend import BackendConfig, default_data_dir, slicer_python
+        from RADASegmentationLib.backend import (
+            BackendConfig,
+            default_data_dir,
+            slicer_python,
+        )
         values = self.settingsValues()
         modelsDir = values.get("RADA/ModelsFolder") or str(default_data_dir() / "models")
         config = BackendConfig.from_settings(
@@ -469,7 +480,7 @@ class RADASegmentationLogic(ScriptedLoadableModuleLogic):
         try:
             return self.core.backend.device_message()
         except Exception as exc:  # noqa: BLE001
-            return _(f"Server not reachable: {exc}")
+            return _("Server not reachable: {0}").format(exc)
 
     def shutdown(self) -> None:
         if self._core is not None:

@@ -10,16 +10,19 @@ import os
 from typing import Annotated
 
 import qt
-import vtk
-
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
+logger = logging.getLogger(__name__)
 POLL_INTERVAL_MS = 1000
 
 
@@ -134,9 +137,9 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._fillTable(self.ui.problemsTableWidget, [p.row() for p in problems])
             blocking = [p for p in problems if p.blocking]
             if folder is None or blocking:
-                self.ui.statusLabel.text = _(f"{len(blocking)} problem(s) to fix before training.")
+                self.ui.statusLabel.text = _("{0} problem(s) to fix before training.").format(len(blocking))
                 return False
-            self.ui.statusLabel.text = _(f"Dataset ready: {folder}")
+            self.ui.statusLabel.text = _("Dataset ready: {0}").format(folder)
             return True
         return False
 
@@ -160,9 +163,9 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.lossChart(task.losses)
             if task.finished:
                 self._finish(task)
-        except Exception as exc:  # noqa: BLE001 - shown, the UI stays usable
-            logging.exception("RADA training poll failed")
-            self.ui.statusLabel.text = _(f"Error: {exc}")
+        except Exception as exc:
+            logger.exception("RADA training poll failed")
+            self.ui.statusLabel.text = _("Error: {0}").format(exc)
             self._finish(None)
 
     def _finish(self, task) -> None:
@@ -173,11 +176,11 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if task is None:
             return
         if task.state == "done":
-            self.ui.statusLabel.text = _(f"Model '{task.model_name}' trained: {task.report}")
+            self.ui.statusLabel.text = _("Model '{0}' trained: {1}").format(task.model_name, task.report)
             self.logic.publishModel(task.model_name)
-            self.ui.evaluationLabel.text = _(f"Last run: {task.report}")
+            self.ui.evaluationLabel.text = _("Last run: {0}").format(task.report)
         elif task.state == "failed":
-            self.ui.statusLabel.text = _(f"Training failed: {task.error}")
+            self.ui.statusLabel.text = _("Training failed: {0}").format(task.error)
         else:
             self.ui.statusLabel.text = _("Stopped. Resume continues from the last checkpoint.")
         self.onRefreshCheckpoints()
@@ -200,7 +203,7 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         name = self.ui.checkpointsTableWidget.item(row, 0).text()
         self.logic.publishModel(name)
-        self.ui.statusLabel.text = _(f"RADA Segmentation will use model '{name}'.")
+        self.ui.statusLabel.text = _("RADA Segmentation will use model '{0}'.").format(name)
 
 
 class RADATrainerLogic(ScriptedLoadableModuleLogic):
@@ -234,8 +237,12 @@ class RADATrainerLogic(ScriptedLoadableModuleLogic):
 
     def prepareDataset(self, p):
         """(folder, problems): the picked folder, or the scene's cases exported to one."""
-        from RADATrainerLib.logic import export_scene_dataset, scene_cases, validate_dataset
         from RADASegmentationLib.backend import default_data_dir
+        from RADATrainerLib.logic import (
+            export_scene_dataset,
+            scene_cases,
+            validate_dataset,
+        )
         if p.datasetSource == "current scene":
             name = (p.modelName or p.organ or "scene").replace(" ", "_")
             folder, problems = export_scene_dataset(scene_cases(slicer.mrmlScene),
@@ -275,7 +282,7 @@ class RADATrainerLogic(ScriptedLoadableModuleLogic):
         try:
             return self.core.backend.device_message()
         except Exception as exc:  # noqa: BLE001
-            return _(f"Server not reachable: {exc}")
+            return _("Server not reachable: {0}").format(exc)
 
     @staticmethod
     def publishModel(name: str) -> None:

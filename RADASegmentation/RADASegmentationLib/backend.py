@@ -61,7 +61,7 @@ class BackendConfig:
             raise InputError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
     @classmethod
-    def from_settings(cls, values: dict[str, Any], **overrides: Any) -> "BackendConfig":
+    def from_settings(cls, values: dict[str, Any], **overrides: Any) -> BackendConfig:
         """From a dict keyed like :data:`SETTINGS_KEYS` (values as strings, as QSettings gives)."""
         def get(key: str, default: str = "") -> str:
             value = values.get(SETTINGS_KEYS[key], default)

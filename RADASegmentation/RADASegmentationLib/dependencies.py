@@ -11,9 +11,9 @@ Rules (the most common complaint about Slicer extensions is a broken Python afte
 
 from __future__ import annotations
 
-import importlib.metadata as metadata
 import os
 import re
+from importlib import metadata
 from pathlib import Path
 
 #: Packages Slicer ships or the PyTorch extension manages: never installed or upgraded by RADA.

@@ -12,15 +12,15 @@ one undo step. :meth:`SegmentationLogic.segment` chains them for scripts.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from rada.annotation import AXIS_NAMES, SparseAnnotation, from_painting
 from rada.errors import CancelledError, InputError
 from rada.volume import Volume
-
 from RADASegmentationLib import mrml
 from RADASegmentationLib.backend import Backend
 

@@ -11,13 +11,12 @@ Everything here uses MRML/vtk classes only, so it runs inside Slicer and on ``sl
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
+import slicer
 import vtk
 from vtk.util import numpy_support
-
-import slicer
 
 from rada.errors import InputError
 from rada.volume import Volume
@@ -113,7 +112,7 @@ def add_volume_node(scene, volume: Volume, name: str, labelmap: bool = False):
     return node
 
 
-def oriented_image(mask: Volume) -> "slicer.vtkOrientedImageData":
+def oriented_image(mask: Volume) -> slicer.vtkOrientedImageData:
     """A 0/1 :class:`Volume` as a ``vtkOrientedImageData`` (what segments store)."""
     image = slicer.vtkOrientedImageData()
     array_to_image_data((np.asarray(mask.array) > 0).astype(np.uint8), image)

@@ -8,17 +8,14 @@ Each function builds what it needs in the given scene and raises ``AssertionErro
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
 import slicer
 
 from rada.annotation import AXIS_NAMES, SparseAnnotation
 from rada.errors import InputError
 from rada.volume import Volume
-
 from RADASegmentationLib import mrml
 from RADASegmentationLib.logic import SegmentationLogic, SegmentTask
 

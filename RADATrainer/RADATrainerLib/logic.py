@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from RADASegmentationLib import mrml
+from RADASegmentationLib.backend import Backend, BackendConfig
 
 from rada.annotation import from_painting
 from rada.errors import InputError
-
-from RADASegmentationLib import mrml
-from RADASegmentationLib.backend import Backend, BackendConfig
 
 LOSS_RE = re.compile(r"iteration\s+(\d+)\s*/\s*(\d+).*?loss\s+([-+0-9.eE]+|nan|inf)")
 
@@ -58,9 +57,9 @@ def validate_dataset(folder: str | Path, read_annotations: bool = True) -> tuple
         spec = read_dataset(folder, check_files=False)
     except InputError as exc:
         if "no labeled training case" in str(exc):
-            from rada.dataset import DATASET_FILE  # read it anyway to list the cases
-
             import json
+
+            from rada.dataset import DATASET_FILE  # read it anyway to list the cases
             raw = json.loads((Path(folder) / DATASET_FILE).read_text())
             return None, [Problem("(dataset)", "missing-annotation", str(exc))] + [
                 Problem(str(c.get("id")), "missing-annotation", "no sparse annotation", False)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from RADASegmentationLib import selftest as seg_selftest
 
 from rada.volume import Volume
-
-from RADASegmentationLib import selftest as seg_selftest
-from RADATrainerLib.logic import (checkpoints, export_scene_dataset, parse_loss, scene_cases,
-                                  update_loss_plot, validate_dataset)
+from RADATrainerLib.logic import (
+    checkpoints,
+    export_scene_dataset,
+    parse_loss,
+    scene_cases,
+    update_loss_plot,
+    validate_dataset,
+)
 
 
 def _folder(folder) -> Path:

@@ -42,10 +42,11 @@ import shutil
 import tempfile
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -114,7 +115,7 @@ class PropagationConfig:
     start_method: str = "spawn"
     isolate: bool = True
 
-    def validated(self) -> "PropagationConfig":
+    def validated(self) -> PropagationConfig:
         """Self, or an :class:`InputError` naming the bad field."""
         if self.transform not in TRANSFORMS:
             raise InputError(f"unknown transform {self.transform!r}; use one of {', '.join(TRANSFORMS)}")
@@ -316,7 +317,7 @@ class _Executor:
     sequentially, in parallel and on any machine.
     """
 
-    def __init__(self, cfg: "PropagationConfig", workers: int, seed: int) -> None:
+    def __init__(self, cfg: PropagationConfig, workers: int, seed: int) -> None:
         self.cfg, self.workers, self.seed = cfg, workers, seed
         self._pool: ProcessPoolExecutor | None = None
 
@@ -337,7 +338,7 @@ class _Executor:
     def __enter__(self) -> "_Executor":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
@@ -488,10 +489,10 @@ def propagate(image: Volume, annotation: SparseAnnotation, config: PropagationCo
         spacing2d = tuple(float(spacing_zyx[i]) for i in range(3) if i != a)
         norm_cache: dict[int, np.ndarray] = {}
 
-        def norm(i: int) -> np.ndarray:
-            if i not in norm_cache:
-                norm_cache[i] = _normalise(take_slice(arr, a, i)[plane], cfg.percentiles)
-            return norm_cache[i]
+        def norm(i: int, a: int = a, plane: tuple = plane, memo: dict = norm_cache) -> np.ndarray:
+            if i not in memo:
+                memo[i] = _normalise(take_slice(arr, a, i)[plane], cfg.percentiles)
+            return memo[i]
 
         for seed, step, slices in _territories(seeds, lo, hi):
             seed_label = annotation.slice_mask(a, seed)[plane]
@@ -644,9 +645,8 @@ def save_propagation(result: PropagationResult, path: str | os.PathLike) -> Path
         arrays[f"label_{name}"] = np.asarray(view.label, np.uint8)
         arrays[f"distance_{name}"] = np.asarray(view.distance)
         arrays[f"axis_{name}"] = np.asarray(view.axis)
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
     return target
 
 
@@ -664,5 +664,16 @@ def load_propagation(path: str | os.PathLike) -> PropagationResult:
         raise InputError(f"cannot read propagation result {p}: {exc}") from None
 
 
-__all__ = ["PropagationConfig", "ViewPropagation", "PropagationResult", "RegistrationCache", "propagate",
-           "alpha_weights", "save_propagation", "load_propagation", "PRESETS", "TRANSFORMS", "VIEWS"]
+__all__ = [
+    "PRESETS",
+    "TRANSFORMS",
+    "VIEWS",
+    "PropagationConfig",
+    "PropagationResult",
+    "RegistrationCache",
+    "ViewPropagation",
+    "alpha_weights",
+    "load_propagation",
+    "propagate",
+    "save_propagation",
+]

@@ -137,6 +137,15 @@ class SparseAnnotation:
         return cls(label.with_array(sparse))
 
 
+def grow_box(extent: Sequence[slice], shape: Sequence[int], margin: int,
+             quantum: int = 1) -> tuple[slice, slice, slice]:
+    """``extent`` grown by ``margin`` voxels, bounds rounded outward to multiples of ``quantum``
+    (so that a slightly larger extent keeps the same box), clipped to ``shape``."""
+    return tuple(slice(max(0, (e.start - margin) // quantum * quantum),  # type: ignore[return-value]
+                       min(n, -(-(e.stop + margin) // quantum) * quantum))
+                 for e, n in zip(extent, shape))
+
+
 def from_painting(painted: Volume, min_area: int = 4) -> SparseAnnotation:
     """Sparse annotation from a painted mask, as a user paints in Slicer (no 255 anywhere).
 

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from rada import __version__
-from rada.annotation import AXIS_NAMES, SparseAnnotation
+from rada.annotation import AXIS_NAMES, SparseAnnotation, grow_box
 from rada.errors import CancelledError, InputError
 from rada.fusion import FusionConfig, fuse, probability_to_logit
 from rada.metrics import dice
@@ -96,8 +96,7 @@ def image_key(image: Volume) -> str:
 
 def crop_box(annotation: SparseAnnotation, margin: int) -> tuple[slice, slice, slice]:
     """The painted structure's extent plus ``margin`` voxels, clipped to the volume."""
-    return tuple(slice(max(0, s.start - margin), min(n, s.stop + margin))  # type: ignore[return-value]
-                 for s, n in zip(annotation.extent(), annotation.shape))
+    return grow_box(annotation.extent(), annotation.shape, margin)
 
 
 class _Stages:

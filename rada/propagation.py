@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from rada.annotation import AXES, AXIS_NAMES, SparseAnnotation, take_slice
+from rada.annotation import AXES, AXIS_NAMES, SparseAnnotation, grow_box, take_slice
 from rada.errors import InputError
 from rada.volume import Volume
 
@@ -440,13 +440,6 @@ def _check_inputs(image: Volume, annotation: SparseAnnotation) -> np.ndarray:
     return arr
 
 
-def _box(extent: Sequence[slice], shape: Sequence[int], margin: int, quantum: int = 1) -> tuple[slice, slice, slice]:
-    """``extent`` grown by ``margin``, bounds rounded outward to multiples of ``quantum``."""
-    return tuple(slice(max(0, (e.start - margin) // quantum * quantum),  # type: ignore[return-value]
-                       min(n, -(-(e.stop + margin) // quantum) * quantum))
-                 for e, n in zip(extent, shape))
-
-
 def propagate(image: Volume, annotation: SparseAnnotation, config: PropagationConfig = PropagationConfig(),
               progress: ProgressFn | None = None, cache: RegistrationCache | None = None) -> PropagationResult:
     """Propagate the annotated slices through the volume along each axis (METHOD.md 2).
@@ -467,7 +460,7 @@ def propagate(image: Volume, annotation: SparseAnnotation, config: PropagationCo
     arr = _check_inputs(image, annotation)
     shape = arr.shape
     extent = annotation.extent()
-    box = _box(extent, shape, cfg.margin, cfg.crop_quantum) if cfg.crop else tuple(slice(0, n) for n in shape)
+    box = grow_box(extent, shape, cfg.margin, cfg.crop_quantum) if cfg.crop else tuple(slice(0, n) for n in shape)
     params = cfg.registration_params()
     ants_seed = cfg.seed + 1
     spacing_zyx = tuple(reversed(image.spacing))

@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -166,7 +166,7 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
 
     source: dict[str, Any] = {"variant": variant}
     try:
-        import open_clip
+        import open_clip  # noqa: F401  (only checking that it is installed)
     except ImportError:
         return GuidanceEmbeddings.off("guidance off: open_clip_torch is not installed (pip install "
                                       "'rada[guidance]')", organ, prompt, variant=variant)

@@ -25,17 +25,31 @@ TORCH_REQUIREMENT = ">=2.4"
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
-def resources_dir() -> Path:
-    """Resources/ with requirements.txt and constraints.txt (source tree or installed extension)."""
-    here = Path(__file__).resolve()
-    candidates = [Path(os.environ["RADA_SLICER_RESOURCES"])] if os.environ.get("RADA_SLICER_RESOURCES") else []
-    candidates += [here.parents[2] / "Resources",            # source tree: <repo>/Resources
-                   here.parents[2] / "RADAResources",        # installed: next to the modules
-                   here.parents[1] / "Resources"]
-    for folder in candidates:
-        if (folder / "requirements.txt").is_file():
-            return folder
-    raise FileNotFoundError(f"RADA's requirements.txt not found (looked in {', '.join(map(str, candidates))})")
+#: Where the dependency lists live, relative to a scripted module's ``Resources`` folder.
+#: CMake installs ``MODULE_PYTHON_RESOURCES`` next to the module files (``qt-scripted-modules/
+#: Resources/...``), which is what ``ScriptedLoadableModuleWidget.resourcePath`` resolves.
+RESOURCE_SUBDIR = "Python"
+REQUIREMENTS_FILE = "requirements.txt"
+CONSTRAINTS_FILE = "constraints.txt"
+
+
+def requirement_files(resources: str | os.PathLike) -> tuple[Path, Path]:
+    """(requirements.txt, constraints.txt) in ``resources`` (the module's ``resourcePath("Python")``).
+
+    Args:
+        resources: the folder given by ``self.resourcePath("Python")`` in the module (the same
+            relative place in the source tree, the build tree and an installed extension).
+
+    Returns:
+        The two files' paths; raises ``FileNotFoundError`` naming the folder if one is missing.
+    """
+    folder = Path(resources)
+    files = folder / REQUIREMENTS_FILE, folder / CONSTRAINTS_FILE
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"RADA's {path.name} is missing from {folder}: the extension is incomplete, "
+                                    f"reinstall it from the Extensions Manager")
+    return files
 
 
 def read_requirements(path: str | os.PathLike) -> list[str]:

@@ -127,7 +127,7 @@ def test_settings_keys_configure_the_backend(tmp_path):
     from RADASegmentationLib.dependencies import runtime_constraints
 
     config = BackendConfig.from_settings({SETTINGS_KEYS["mode"]: "remote", SETTINGS_KEYS["url"]: "https://gpu:8765",
-                                          SETTINGS_KEYS["token"]: "t", SETTINGS_KEYS["device"]: None})
+                                          SETTINGS_KEYS["token"]: "t", SETTINGS_KEYS["models_dir"]: None})
     assert (config.mode, config.url, config.token, config.device) == ("remote", "https://gpu:8765", "t", "auto")
     path = runtime_constraints(None, tmp_path / "c.txt")
     assert any(line.startswith("numpy==") for line in path.read_text().splitlines())

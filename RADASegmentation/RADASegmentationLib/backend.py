@@ -34,8 +34,7 @@ SETTINGS_KEYS = {
     "mode": "RADA/ServerMode",            # local | remote
     "url": "RADA/ServerURL",
     "token": "RADA/ServerToken",
-    "device": "RADA/Device",
-    "models_dir": "RADA/ModelsFolder",
+    "models_dir": "RADA/ModelsFolder",    # optional (default ~/.rada/models; see README)
     "last_model": "RADA/LastModel",       # set by RADATrainer when a model finishes training
 }
 
@@ -75,7 +74,7 @@ class BackendConfig:
             return default if value is None else str(value)
 
         config = cls(mode=get("mode", "local") or "local", url=get("url"), token=get("token"),
-                     device=get("device", "auto") or "auto", models_dir=get("models_dir") or None)
+                     models_dir=get("models_dir") or None)
         return replace(config, **overrides)
 
     def key(self) -> tuple:

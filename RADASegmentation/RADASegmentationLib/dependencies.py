@@ -21,6 +21,11 @@ SHIPPED = ("numpy", "SimpleITK", "vtk", "scipy", "torch", "torchvision", "reques
            "pip", "setuptools", "wheel", "pydicom", "Pillow", "matplotlib", "pandas")
 #: The torch version the backend needs (asked of PyTorchUtils).
 TORCH_REQUIREMENT = ">=2.4"
+#: The oldest Slicer RADA supports, and the Python it ships (SuperBuild: Slicer_REQUIRED_PYTHON_VERSION).
+#: Slicer 5.8 ships Python 3.9 (end of life, no current torch wheels); 5.10 and 5.12 ship 3.12.10.
+#: Also in CMakeLists.txt (EXTENSION_DESCRIPTION), README.md, and .ci/run (service tests on 3.12).
+MINIMUM_SLICER = (5, 10)
+MINIMUM_SLICER_PYTHON = (3, 12)
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -50,6 +55,14 @@ def requirement_files(resources: str | os.PathLike) -> tuple[Path, Path]:
             raise FileNotFoundError(f"RADA's {path.name} is missing from {folder}: the extension is incomplete, "
                                     f"reinstall it from the Extensions Manager")
     return files
+
+
+def slicer_version_problem(version: tuple[int, int]) -> str | None:
+    """None if RADA supports this Slicer (major, minor), else a one-line reason."""
+    if tuple(version[:2]) < MINIMUM_SLICER:
+        return (f"RADA needs 3D Slicer {MINIMUM_SLICER[0]}.{MINIMUM_SLICER[1]} or newer (this is "
+                f"{version[0]}.{version[1]}): download the current release from https://download.slicer.org")
+    return None
 
 
 def read_requirements(path: str | os.PathLike) -> list[str]:

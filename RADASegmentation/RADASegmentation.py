@@ -84,17 +84,20 @@ def dependencyResourcesPath() -> str:
 
 
 def ensureDependencies(resources: str, requester: str = "RADA") -> bool:
-    """torch via the PyTorch extension, the rest with pip; True when all is importable.
+    """What the chosen server needs, with consent; True when all is importable.
 
-    Call it inside ``slicer.util.tryWithErrorDisplay``: a broken installation then shows a
-    message instead of a console traceback."""
+    A remote server needs only the client's packages; a local one also needs torch (via the
+    PyTorch extension) and the server's packages. Call it inside
+    ``slicer.util.tryWithErrorDisplay``: a broken installation then shows a message instead
+    of a console traceback."""
     from RADASegmentationLib import dependencies  # no third-party imports in it
 
     problem = dependencies.slicer_version_problem((slicer.app.majorVersion, slicer.app.minorVersion))
     if problem:
         slicer.util.errorDisplay(problem)
         return False
-    problem = dependencies.torch_status()
+    localServer = (connectionSettingsValues().get("RADA/ServerMode") or "local") == "local"
+    problem = dependencies.torch_status() if localServer else None
     if problem:
         try:
             import PyTorchUtils
@@ -108,8 +111,8 @@ def ensureDependencies(resources: str, requester: str = "RADA") -> bool:
             slicer.util.errorDisplay(_("PyTorch is required; it was not installed."))
             return False
 
-    requirementsFile, constraintsFile = dependencies.requirement_files(resources)
-    requirements = dependencies.read_requirements(requirementsFile)
+    requirementFiles, constraintsFile = dependencies.requirement_files(resources, localServer)
+    requirements = [r for path in requirementFiles for r in dependencies.read_requirements(path)]
     needed = dependencies.to_install(requirements)
     if needed:
         constraints = dependencies.runtime_constraints(

@@ -124,7 +124,8 @@ def test_requirements_never_touch_what_slicer_ships():
     deps = importlib.util.module_from_spec(spec)
     sys.modules["rada_slicer_deps"] = deps
     spec.loader.exec_module(deps)
-    reqs = deps.read_requirements(REPO / "RADASegmentation" / "Resources" / "Python" / "requirements.txt")
+    files, _constraints = deps.requirement_files(REPO / "RADASegmentation" / "Resources" / "Python")
+    reqs = [r for path in files for r in deps.read_requirements(path)]
     names = {deps._canonical(deps.requirement_name(r)) for r in reqs}
     shipped = {deps._canonical(n) for n in deps.SHIPPED}
     assert not names & shipped, names & shipped  # torch, numpy, SimpleITK, ... are not requirements

@@ -77,9 +77,11 @@ def test_installed_extension_finds_its_requirements_where_resource_path_points(t
         # ScriptedLoadableModuleWidget.resourcePath (Slicer 5.10): dirname(module path)/Resources/<name>
         resource_path = lambda name: os.path.join(os.path.dirname(os.path.join(modules, "RADASegmentation.py")),
                                                   "Resources", name)
-        requirements, constraints = dependencies.requirement_files(resource_path("Python"))
+        files, constraints = dependencies.requirement_files(resource_path("Python"))
+        remote_only, _ = dependencies.requirement_files(resource_path("Python"), local_server=False)
         print(json.dumps({"deps": dependencies.__file__, "rada": rada.__file__,
-                          "requirements": dependencies.read_requirements(requirements),
+                          "requirements": [r for f in files for r in dependencies.read_requirements(f)],
+                          "remote_only": [r for f in remote_only for r in dependencies.read_requirements(f)],
                           "constraints": str(constraints),
                           "ui": [os.path.isfile(resource_path(f"UI/{m}.ui")) for m in ("RADASegmentation", "RADATrainer")]}))
     """)
@@ -89,6 +91,9 @@ def test_installed_extension_finds_its_requirements_where_resource_path_points(t
     found = json.loads(out.stdout)
     assert found["deps"].startswith(str(modules)) and found["rada"].startswith(str(modules))
     assert "httpx>=0.27" in found["requirements"] and Path(found["constraints"]).is_file()
+    assert "fastapi>=0.110" in found["requirements"] and "antspyx>=0.4.2" in found["requirements"]
+    # A remote-only user installs only what the client needs.
+    assert "httpx>=0.27" in found["remote_only"] and not {"fastapi>=0.110", "antspyx>=0.4.2"} & set(found["remote_only"])
     assert found["ui"] == [True, True]
     # The modules ask resourcePath for exactly that folder.
     source = (REPO / "RADASegmentation" / "RADASegmentation.py").read_text()

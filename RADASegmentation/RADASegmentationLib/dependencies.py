@@ -34,27 +34,32 @@ _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 #: CMake installs ``MODULE_PYTHON_RESOURCES`` next to the module files (``qt-scripted-modules/
 #: Resources/...``), which is what ``ScriptedLoadableModuleWidget.resourcePath`` resolves.
 RESOURCE_SUBDIR = "Python"
-REQUIREMENTS_FILE = "requirements.txt"
+REQUIREMENTS_FILE = "requirements.txt"                      # the client: enough for a remote server
+LOCAL_SERVER_REQUIREMENTS_FILE = "requirements-local-server.txt"  # plus these for a local server
 CONSTRAINTS_FILE = "constraints.txt"
 
 
-def requirement_files(resources: str | os.PathLike) -> tuple[Path, Path]:
-    """(requirements.txt, constraints.txt) in ``resources`` (the module's ``resourcePath("Python")``).
+def requirement_files(resources: str | os.PathLike, local_server: bool = True) -> tuple[list[Path], Path]:
+    """The requirement files to install and the constraints file, in ``resources``.
 
     Args:
         resources: the folder given by ``self.resourcePath("Python")`` in the module (the same
             relative place in the source tree, the build tree and an installed extension).
+        local_server: also what a local ``rada serve`` needs (False: a remote-only user gets
+            only the client's packages, and no torch).
 
     Returns:
-        The two files' paths; raises ``FileNotFoundError`` naming the folder if one is missing.
+        ([requirements files], constraints file); raises ``FileNotFoundError`` naming the
+        folder if one is missing.
     """
     folder = Path(resources)
-    files = folder / REQUIREMENTS_FILE, folder / CONSTRAINTS_FILE
+    names = [REQUIREMENTS_FILE] + ([LOCAL_SERVER_REQUIREMENTS_FILE] if local_server else [])
+    files = [folder / name for name in names] + [folder / CONSTRAINTS_FILE]
     for path in files:
         if not path.is_file():
             raise FileNotFoundError(f"RADA's {path.name} is missing from {folder}: the extension is incomplete, "
                                     f"reinstall it from the Extensions Manager")
-    return files
+    return files[:-1], files[-1]
 
 
 def slicer_version_problem(version: tuple[int, int]) -> str | None:

@@ -353,3 +353,32 @@ def test_selftests_skip_checks_whose_packages_are_not_installed(monkeypatch):
             assert selftest.skip_reason(check) is None, check.__name__
     module = (REPO / "RADASegmentation" / "RADASegmentation.py").read_text()
     assert module.count("selftest.skip_reason(") == 2  # offline checks and the end-to-end one
+
+
+# --- Extensions Index readiness ---------------------------------------------------------------
+
+def test_extensions_index_metadata_license_and_real_screenshots():
+    import struct
+
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    license_text = (REPO / "LICENSE.txt").read_text()
+    assert license_text.lstrip().startswith("Apache License") and "Version 2.0" in license_text
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"] == "Apache-2.0"
+    contributors = re.search(r'set\(EXTENSION_CONTRIBUTORS "([^"]+)"\)', cmake).group(1)
+    assert contributors.strip()
+    homepage = re.search(r'set\(EXTENSION_HOMEPAGE "([^"]+)"\)', cmake).group(1)
+    assert "rada" in homepage.lower() and "slicer.org" not in homepage  # the project's own docs
+    description = re.search(r'set\(EXTENSION_DESCRIPTION "([^"]+)"\)', cmake).group(1)
+    for jargon in ("Alpha-CLIP", "V-Net", "ANTs"):  # a clinician reads it in the Extensions Manager
+        assert jargon not in description, jargon
+    urls = re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]+)"\)', cmake).group(1).split()
+    assert urls
+    for url in urls:
+        path = REPO / url.split("/main/", 1)[1]
+        data = path.read_bytes()
+        assert data.startswith(b"\x89PNG"), path
+        width, height = struct.unpack(">II", data[16:24])
+        assert width >= 600 and height >= 400 and len(data) > 50_000, (path, width, height, len(data))
+    for module in MODULES:  # the modules' help links to the project's own documentation
+        source = (REPO / module / f"{module}.py").read_text()
+        assert "getDefaultModuleDocumentationLink" not in source and "DOCUMENTATION_URL" in source

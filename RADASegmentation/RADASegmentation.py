@@ -375,8 +375,11 @@ class RADASegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Asking the server for its models...")
             backend = self.logic.backend()
             self.calls().call(lambda client: (backend.models(), backend.device_message()),
-                              self.onModelsListed, self.onCallFailed)
+                              self.onModelsListed, self.onRefreshFailed)
             self._timer.start()
+
+    def onRefreshFailed(self, error) -> None:
+        self.ui.statusLabel.text = _("Could not list the server's models: {0}").format(error)
 
     def onModelsListed(self, result) -> None:
         models, deviceMessage = result
@@ -400,9 +403,10 @@ class RADASegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.logic.configureBackend()
             # Read the nodes now (GUI thread); the result goes where the GUI says at this moment.
-            self._task = self.logic.prepare(self._parameterNode)
+            task = self.logic.prepare(self._parameterNode)
+            self.calls().call(lambda client: self.logic.send(task), self.onSubmitted, self.onCallFailed)
+            self._task = task
             self.ui.stageLabel.text = _("Connecting to the RADA server...")
-            self.calls().call(self.logic.send, self.onSubmitted, self.onCallFailed)
             self._timer.start()
         self.updateButtons()
 

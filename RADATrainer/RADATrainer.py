@@ -103,10 +103,8 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self._calls is not None:
-            self._calls.clear()  # the loss plot nodes go with the scene; the job keeps training
-        self._task = None
-        self._setRunning(False)
+        # A training job outlives the scene: it is still followed (Stop works), and the loss
+        # plot comes back in the new scene at the next poll.
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -164,9 +162,9 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
             start = self.logic.startFunction(self._parameterNode, resume=resume)
             self.ui.lossPlotWidget.setMRMLPlotViewNode(self.logic.lossPlotView([]))
+            self.calls().call(start, self.onStarted, self.onCallFailed)
             self.ui.statusLabel.text = _("Connecting to the RADA server...")
             self._setRunning(True)
-            self.calls().call(start, self.onStarted, self.onCallFailed)
             self._timer.start()
 
     def _setRunning(self, running) -> None:
@@ -200,7 +198,9 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = int(round(100 * task.fraction))
         self.ui.statusLabel.text = f"{deviceMessage}\n{task.stage}: {task.message}"
         if task.losses:
-            self.logic.lossPlotView(task.losses)
+            view = self.logic.lossPlotView(task.losses)
+            if self.ui.lossPlotWidget.mrmlPlotViewNode() is not view:  # a new scene since Start
+                self.ui.lossPlotWidget.setMRMLPlotViewNode(view)
         if task.finished:
             self._finish(task)
             return

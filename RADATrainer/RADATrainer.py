@@ -24,6 +24,7 @@ from slicer.util import VTKObservationMixin
 
 logger = logging.getLogger(__name__)
 POLL_INTERVAL_MS = 1000
+DOCUMENTATION_URL = "https://github.com/rada-segmentation/RADA#in-3d-slicer-step-by-step-rada-extension"
 
 
 class RADATrainer(ScriptedLoadableModule):
@@ -32,13 +33,13 @@ class RADATrainer(ScriptedLoadableModule):
         self.parent.title = _("RADA Trainer")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["RADASegmentation"]
-        self.parent.contributors = ["RADA developers"]
+        self.parent.contributors = ["RADA developers (RADA project)"]
         self.parent.helpText = _(
             "Train a RADA model from sparse annotations (one painted slice per axis per case): pick a "
             "dataset folder (dataset.json) or use the cases painted in this scene, check it, then Start. "
             "Stop keeps the last checkpoint; Resume continues it. The trained model is offered to "
             "RADA Segmentation by name.")
-        self.parent.helpText += self.getDefaultModuleDocumentationLink()
+        self.parent.helpText += _(' See the <a href="{0}">RADA documentation</a>.').format(DOCUMENTATION_URL)
         self.parent.acknowledgementText = _("RADA: barely-supervised 3D organ segmentation.")
 
 
@@ -50,7 +51,6 @@ class RADATrainerParameterNode:
     modelName: str = ""
     iterations: Annotated[int, WithinRange(1, 1000000)] = 3000
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    serverMode: Annotated[str, Choice(["local", "remote"])] = "local"
 
 
 class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -61,6 +61,7 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._task = None
+        self._calls = None
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.timeout.connect(self.onTimer)
@@ -84,11 +85,14 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.stopButton.clicked.connect(self.onStop)
         self.ui.refreshCheckpointsButton.clicked.connect(self.onRefreshCheckpoints)
         self.ui.useModelButton.clicked.connect(self.onUseModel)
+        self.ui.serverLabel.text = self.logic.connectionDescription()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self._timer.stop()
         self.removeObservers()
+        if self._calls is not None:
+            self._calls.shutdown()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -99,6 +103,8 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
+        # A training job outlives the scene: it is still followed (Stop works), and the loss
+        # plot comes back in the new scene at the next poll.
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -128,11 +134,18 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 table.setItem(r, c, qt.QTableWidgetItem(str(value)))
         table.resizeColumnsToContents()
 
+    def calls(self):
+        if self._calls is None:
+            from RADASegmentationLib.backend import ServerCalls
+            self._calls = ServerCalls(self.logic.backend())
+        return self._calls
+
     def onValidate(self) -> bool:
-        from RADASegmentation import ensureDependencies
-        if not ensureDependencies(requester="RADATrainer"):
-            return False
         with slicer.util.tryWithErrorDisplay(_("Could not check the dataset."), waitCursor=True):
+            from RADASegmentation import dependencyResourcesPath, ensureDependencies
+            if not ensureDependencies(dependencyResourcesPath(), requester="RADATrainer"):
+                return False
+            self.ui.serverLabel.text = self.logic.connectionDescription()
             folder, problems = self.logic.prepareDataset(self._parameterNode)
             self._fillTable(self.ui.problemsTableWidget, [p.row() for p in problems])
             blocking = [p for p in problems if p.blocking]
@@ -144,35 +157,64 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return False
 
     def onStart(self, resume=False) -> None:
-        if not self.onValidate():
+        if self._task is not None or not self.onValidate():
             return
         with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
-            self._task = self.logic.start(self._parameterNode, resume=resume)
-            self.ui.statusLabel.text = self.logic.deviceMessage()
-            self.ui.stopButton.enabled = True
-            self.ui.startButton.enabled = self.ui.resumeButton.enabled = False
-            self.ui.lossPlotWidget.setMRMLPlotChartNode(self.logic.lossChart([]))
+            start = self.logic.startFunction(self._parameterNode, resume=resume)
+            self.ui.lossPlotWidget.setMRMLPlotViewNode(self.logic.lossPlotView([]))
+            self.calls().call(start, self.onStarted, self.onCallFailed)
+            self.ui.statusLabel.text = _("Connecting to the RADA server...")
+            self._setRunning(True)
             self._timer.start()
+
+    def _setRunning(self, running) -> None:
+        self.ui.stopButton.enabled = running
+        self.ui.startButton.enabled = self.ui.resumeButton.enabled = not running
+
+    def onStarted(self, task) -> None:
+        self._task = task
+        self.ui.statusLabel.text = _("Training job queued.")
+        self.calls().call(lambda client: (self.logic.poll(task), self.logic.deviceMessage()),
+                          self.onPolled, self.onCallFailed)
+
+    def onCallFailed(self, error) -> None:
+        logger.error("RADA training: %s", error)
+        self.ui.statusLabel.text = _("Error: {0}").format(error)
+        self._finish(None)
 
     def onTimer(self) -> None:
         try:
-            task = self.logic.poll(self._task)
-            self.ui.progressBar.value = int(round(100 * task.fraction))
-            self.ui.statusLabel.text = f"{task.stage}: {task.message}"
-            if task.losses:
-                self.logic.lossChart(task.losses)
-            if task.finished:
-                self._finish(task)
-        except Exception as exc:
-            logger.exception("RADA training poll failed")
-            self.ui.statusLabel.text = _("Error: {0}").format(exc)
-            self._finish(None)
+            busy = self.calls().pump()
+        except Exception as exc:  # noqa: BLE001 - never leave the timer running on an error
+            self.onCallFailed(exc)
+            busy = False
+        if not busy and self._task is None:
+            self._timer.stop()
+
+    def onPolled(self, result) -> None:
+        task, deviceMessage = result
+        if task is not self._task:
+            return
+        self.ui.progressBar.value = int(round(100 * task.fraction))
+        self.ui.statusLabel.text = f"{deviceMessage}\n{task.stage}: {task.message}"
+        if task.losses:
+            view = self.logic.lossPlotView(task.losses)
+            if self.ui.lossPlotWidget.mrmlPlotViewNode() is not view:  # a new scene since Start
+                self.ui.lossPlotWidget.setMRMLPlotViewNode(view)
+        if task.finished:
+            self._finish(task)
+            return
+        qt.QTimer.singleShot(POLL_INTERVAL_MS, lambda: self._pollAgain(task))
+
+    def _pollAgain(self, task) -> None:
+        if task is self._task:
+            self.calls().call(lambda client: (self.logic.poll(task), self.logic.deviceMessage()),
+                              self.onPolled, self.onCallFailed)
+            self._timer.start()
 
     def _finish(self, task) -> None:
-        self._timer.stop()
         self._task = None
-        self.ui.stopButton.enabled = False
-        self.ui.startButton.enabled = self.ui.resumeButton.enabled = True
+        self._setRunning(False)
         if task is None:
             return
         if task.state == "done":
@@ -187,9 +229,10 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onStop(self) -> None:
         if self._task is not None:
-            with slicer.util.tryWithErrorDisplay(_("Could not stop training.")):
-                self.logic.stop(self._task)
-                self.ui.statusLabel.text = _("Stopping at the next iteration...")
+            task = self._task
+            self.calls().call(lambda client: self.logic.stop(task), lambda _result: None, self.onCallFailed)
+            self._timer.start()
+            self.ui.statusLabel.text = _("Stopping at the next iteration...")
 
     def onRefreshCheckpoints(self) -> None:
         rows = self.logic.checkpoints()
@@ -207,6 +250,8 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class RADATrainerLogic(ScriptedLoadableModuleLogic):
+    """Uses RADA Segmentation's connection: the same settings and the same server."""
+
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._core = None
@@ -214,26 +259,33 @@ class RADATrainerLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return RADATrainerParameterNode(super().getParameterNode())
 
+    @staticmethod
+    def segmentationLogic():
+        return slicer.util.getModuleLogic("RADASegmentation")
+
+    def backend(self):
+        return self.segmentationLogic().backend()
+
     @property
     def core(self):
         if self._core is None:
-            from RADASegmentationLib.backend import Backend
             from RADATrainerLib.logic import TrainerLogic
-            self._core = TrainerLogic(Backend())
+            self._core = TrainerLogic(self.backend())
         return self._core
+
+    def connectionDescription(self) -> str:
+        from RADASegmentation import connectionSettingsValues
+        from RADASegmentationLib.backend import connection_config
+        config = connection_config(connectionSettingsValues())
+        if config.mode == "remote":
+            return _("remote server {0} (set in RADA Segmentation)").format(config.url or _("(no URL set)"))
+        return _("local server on this computer (set in RADA Segmentation)")
 
     @staticmethod
     def modelsDir() -> str:
-        from RADASegmentationLib.backend import default_data_dir
-        return qt.QSettings().value("RADA/ModelsFolder") or str(default_data_dir() / "models")
-
-    def _configure(self, p) -> None:
-        from RADASegmentationLib.backend import BackendConfig, slicer_python
-        settings = qt.QSettings()
-        config = BackendConfig(mode=p.serverMode, url=settings.value("RADA/ServerURL") or "",
-                               token=settings.value("RADA/ServerToken") or "", device=p.device,
-                               models_dir=self.modelsDir(), python=slicer_python())
-        self.core.backend.configure(config)
+        from RADASegmentation import connectionSettingsValues
+        from RADASegmentationLib.backend import connection_config
+        return connection_config(connectionSettingsValues()).models_dir
 
     def prepareDataset(self, p):
         """(folder, problems): the picked folder, or the scene's cases exported to one."""
@@ -258,11 +310,21 @@ class RADATrainerLogic(ScriptedLoadableModuleLogic):
         _spec, problems = validate_dataset(p.datasetFolder)
         return p.datasetFolder, problems
 
-    def start(self, p, resume=False):
-        self._configure(p)
-        dataset = self.core.use_dataset_folder(p.datasetFolder, self.modelsDir()) \
-            if p.serverMode == "local" else os.path.basename(os.path.normpath(p.datasetFolder))
-        return self.core.start(dataset, p.modelName, p.iterations, p.device, resume=resume)
+    def startFunction(self, p, resume=False):
+        """Configure the shared connection (GUI thread) and return the network part,
+        ``work(client) -> TrainTask``, for a worker thread."""
+        from RADASegmentationLib.backend import connection_config, slicer_python
+        from RADASegmentation import connectionSettingsValues
+        backend = self.backend()
+        config = connection_config(connectionSettingsValues(), python=slicer_python(),
+                                   datasets_dir=backend.config.datasets_dir)
+        backend.configure(config)
+        if config.mode == "local":
+            dataset = self.core.use_dataset_folder(p.datasetFolder, config.models_dir)
+        else:
+            dataset = os.path.basename(os.path.normpath(p.datasetFolder))
+        modelName, iterations, device = p.modelName, p.iterations, p.device
+        return lambda client: self.core.start(dataset, modelName, iterations, device, resume=resume)
 
     def poll(self, task):
         return self.core.poll(task)
@@ -270,9 +332,11 @@ class RADATrainerLogic(ScriptedLoadableModuleLogic):
     def stop(self, task) -> None:
         self.core.stop(task)
 
-    def lossChart(self, losses):
+    def lossPlotView(self, losses):
+        """The plot view node showing the loss chart (updated with ``losses``)."""
         from RADATrainerLib.logic import update_loss_plot
-        return update_loss_plot(slicer.mrmlScene, losses)
+        from RADATrainerLib.plotview import loss_plot_view
+        return loss_plot_view(slicer.mrmlScene, update_loss_plot(slicer.mrmlScene, losses))
 
     def checkpoints(self):
         from RADATrainerLib.logic import checkpoints

@@ -124,11 +124,11 @@ def test_requirements_never_touch_what_slicer_ships():
     deps = importlib.util.module_from_spec(spec)
     sys.modules["rada_slicer_deps"] = deps
     spec.loader.exec_module(deps)
-    reqs = deps.read_requirements(REPO / "Resources" / "requirements.txt")
+    files, _constraints = deps.requirement_files(REPO / "RADASegmentation" / "Resources" / "Python")
+    reqs = [r for path in files for r in deps.read_requirements(path)]
     names = {deps._canonical(deps.requirement_name(r)) for r in reqs}
     shipped = {deps._canonical(n) for n in deps.SHIPPED}
     assert not names & shipped, names & shipped  # torch, numpy, SimpleITK, ... are not requirements
     assert {"httpx", "slicerio", "antspyx", "fastapi", "uvicorn"} <= names
     assert deps.to_install(["numpy>=0", "torch>=99"]) == []  # shipped packages are never installed
     assert deps.to_install(["surely-not-installed-package-xyz>=1"]) == ["surely-not-installed-package-xyz>=1"]
-    assert deps.resources_dir() == REPO / "Resources"

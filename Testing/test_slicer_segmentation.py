@@ -25,7 +25,7 @@ from RADASegmentationLib.logic import SegmentationLogic
 def local_backend():
     """A real `rada serve` subprocess on loopback, started the way the module starts it."""
     backend = Backend(BackendConfig(device="cpu", start_timeout_s=90))
-    backend.start_async()  # the widget's path: start on a thread, poll from a timer
+    backend.start()  # the widget's path: launch the process, poll its ready file from a timer
     deadline = time.monotonic() + 90
     while not backend.poll_ready():
         assert time.monotonic() < deadline, "local server did not start"
@@ -116,12 +116,8 @@ def test_remote_backend_errors_are_one_line():
     with pytest.raises(InputError, match="no server URL"):
         Backend(BackendConfig(mode="remote")).client()
     backend = Backend(BackendConfig(mode="remote", url="http://127.0.0.1:9", token="x"))
-    backend.start_async()
-    deadline = time.monotonic() + 30
     with pytest.raises(ServerUnavailableError, match="cannot reach the RADA server"):
-        while not backend.poll_ready():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        backend.health()
     with pytest.raises(InputError, match="server mode"):
         BackendConfig(mode="cloud")
 
@@ -131,7 +127,7 @@ def test_settings_keys_configure_the_backend(tmp_path):
     from RADASegmentationLib.dependencies import runtime_constraints
 
     config = BackendConfig.from_settings({SETTINGS_KEYS["mode"]: "remote", SETTINGS_KEYS["url"]: "https://gpu:8765",
-                                          SETTINGS_KEYS["token"]: "t", SETTINGS_KEYS["device"]: None})
+                                          SETTINGS_KEYS["token"]: "t", SETTINGS_KEYS["models_dir"]: None})
     assert (config.mode, config.url, config.token, config.device) == ("remote", "https://gpu:8765", "t", "auto")
     path = runtime_constraints(None, tmp_path / "c.txt")
     assert any(line.startswith("numpy==") for line in path.read_text().splitlines())

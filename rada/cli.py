@@ -397,6 +397,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ssl-certfile", default=None, help="TLS certificate (for a non-loopback --host)")
     p.add_argument("--ssl-keyfile", default=None, help="TLS private key")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--exit-with-stdin", action="store_true",
+                   help="stop when standard input closes: the parent (Slicer) died or let go (watchdog)")
     p.set_defaults(func=_run_serve)
 
 
@@ -411,7 +413,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=None if args.max_upload_mb is None else int(args.max_upload_mb * MIB))
     try:
         serve(settings, ready_file=args.ready_file, log_level=args.log_level,
-              ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+              ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+              exit_with_stdin=args.exit_with_stdin)
     except OSError as exc:  # port in use, bad address
         raise InputError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     return 0

@@ -21,21 +21,53 @@ SHIPPED = ("numpy", "SimpleITK", "vtk", "scipy", "torch", "torchvision", "reques
            "pip", "setuptools", "wheel", "pydicom", "Pillow", "matplotlib", "pandas")
 #: The torch version the backend needs (asked of PyTorchUtils).
 TORCH_REQUIREMENT = ">=2.4"
+#: The oldest Slicer RADA supports, and the Python it ships (SuperBuild: Slicer_REQUIRED_PYTHON_VERSION).
+#: Slicer 5.8 ships Python 3.9 (end of life, no current torch wheels); 5.10 and 5.12 ship 3.12.10.
+#: Also in CMakeLists.txt (EXTENSION_DESCRIPTION), README.md, and .ci/run (service tests on 3.12).
+MINIMUM_SLICER = (5, 10)
+MINIMUM_SLICER_PYTHON = (3, 12)
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
-def resources_dir() -> Path:
-    """Resources/ with requirements.txt and constraints.txt (source tree or installed extension)."""
-    here = Path(__file__).resolve()
-    candidates = [Path(os.environ["RADA_SLICER_RESOURCES"])] if os.environ.get("RADA_SLICER_RESOURCES") else []
-    candidates += [here.parents[2] / "Resources",            # source tree: <repo>/Resources
-                   here.parents[2] / "RADAResources",        # installed: next to the modules
-                   here.parents[1] / "Resources"]
-    for folder in candidates:
-        if (folder / "requirements.txt").is_file():
-            return folder
-    raise FileNotFoundError(f"RADA's requirements.txt not found (looked in {', '.join(map(str, candidates))})")
+#: Where the dependency lists live, relative to a scripted module's ``Resources`` folder.
+#: CMake installs ``MODULE_PYTHON_RESOURCES`` next to the module files (``qt-scripted-modules/
+#: Resources/...``), which is what ``ScriptedLoadableModuleWidget.resourcePath`` resolves.
+RESOURCE_SUBDIR = "Python"
+REQUIREMENTS_FILE = "requirements.txt"                      # the client: enough for a remote server
+LOCAL_SERVER_REQUIREMENTS_FILE = "requirements-local-server.txt"  # plus these for a local server
+CONSTRAINTS_FILE = "constraints.txt"
+
+
+def requirement_files(resources: str | os.PathLike, local_server: bool = True) -> tuple[list[Path], Path]:
+    """The requirement files to install and the constraints file, in ``resources``.
+
+    Args:
+        resources: the folder given by ``self.resourcePath("Python")`` in the module (the same
+            relative place in the source tree, the build tree and an installed extension).
+        local_server: also what a local ``rada serve`` needs (False: a remote-only user gets
+            only the client's packages, and no torch).
+
+    Returns:
+        ([requirements files], constraints file); raises ``FileNotFoundError`` naming the
+        folder if one is missing.
+    """
+    folder = Path(resources)
+    names = [REQUIREMENTS_FILE] + ([LOCAL_SERVER_REQUIREMENTS_FILE] if local_server else [])
+    files = [folder / name for name in names] + [folder / CONSTRAINTS_FILE]
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"RADA's {path.name} is missing from {folder}: the extension is incomplete, "
+                                    f"reinstall it from the Extensions Manager")
+    return files[:-1], files[-1]
+
+
+def slicer_version_problem(version: tuple[int, int]) -> str | None:
+    """None if RADA supports this Slicer (major, minor), else a one-line reason."""
+    if tuple(version[:2]) < MINIMUM_SLICER:
+        return (f"RADA needs 3D Slicer {MINIMUM_SLICER[0]}.{MINIMUM_SLICER[1]} or newer (this is "
+                f"{version[0]}.{version[1]}): download the current release from https://download.slicer.org")
+    return None
 
 
 def read_requirements(path: str | os.PathLike) -> list[str]:

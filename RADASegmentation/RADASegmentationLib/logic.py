@@ -51,6 +51,29 @@ class Painting:
         return " | ".join(parts)
 
 
+@dataclass(frozen=True)
+class ResultTarget:
+    """Where a result goes, chosen when Segment is pressed (later changes in the GUI do not
+    redirect a running job)."""
+
+    output_node_id: str
+    segment_name: str
+    replace: bool = True
+
+
+@dataclass
+class ResultBackup:
+    """RADA's own one-level undo of the result segment (scene undo stays off: turning it on
+    makes every pan and window/level in Slicer push deep copies of the segmentation).
+
+    ``previous`` is the replaced segment's mask on the input grid, or None when the result
+    created the segment (undo then removes it)."""
+
+    output_node_id: str
+    segment_id: str
+    previous: Volume | None
+
+
 @dataclass
 class SegmentTask:
     """One Segment job on the server, from submission to its result."""
@@ -60,6 +83,8 @@ class SegmentTask:
     annotation: SparseAnnotation
     options: dict[str, Any]
     volume_node_id: str
+    target: ResultTarget | None = None     # where the result goes, fixed when Segment was pressed
+    job_id_pending: bool = False           # prepared on the GUI thread, not sent yet
     submitted: float = field(default_factory=time.monotonic)
     state: str = "queued"
     stage: str = "queued"
@@ -107,8 +132,10 @@ def _seconds(value: float) -> str:
 class SegmentationLogic:
     """GUI-free logic of RADASegmentation (runs inside Slicer and on slicer-core)."""
 
-    def __init__(self, backend: Backend | None = None):
+    def __init__(self, backend: Backend | None = None, scene: Any = None):
         self.backend = backend or Backend()
+        self._scene = scene                   # where ResultTarget node ids are looked up
+        self._backup: ResultBackup | None = None
 
     # --- 1. what was painted ------------------------------------------------------------
     def analyze_painting(self, volume_node, segmentation_node, segment_id: str,
@@ -135,20 +162,50 @@ class SegmentationLogic:
         return painting
 
     # --- 2. submit / poll / cancel ------------------------------------------------------
-    def submit(self, volume_node, segmentation_node, segment_id: str,
-               options: dict[str, Any] | None = None) -> SegmentTask:
-        """Validate the painting and queue a Segment job; raises InputError on a bad painting."""
+    def prepare(self, volume_node, segmentation_node, segment_id: str, options: dict[str, Any] | None = None,
+                target: ResultTarget | None = None) -> SegmentTask:
+        """Validate the painting and read the volume (MRML: the GUI thread); nothing is sent.
+
+        Args:
+            volume_node: the input scalar volume node.
+            segmentation_node: the segmentation holding the painted segment.
+            segment_id: the painted segment.
+            options: job options (preset, device, model); empty values are dropped.
+            target: where :meth:`apply_result` writes the result (default: the painted
+                segmentation, segment "<painted name> (RADA)", replaced).
+
+        Returns:
+            A task to :meth:`send` (from any thread); raises InputError on a bad painting.
+        """
         painting = self.analyze_painting(volume_node, segmentation_node, segment_id)
         if not painting.ok:
             raise InputError(painting.error)
         image = mrml.volume_from_node(volume_node)
         opts = {k: v for k, v in dict(options or {}).items() if v not in (None, "")}
-        job_id = self.backend.client().submit_segment(image, painting.annotation, opts)
-        return SegmentTask(job_id, image, painting.annotation, opts, volume_node.GetID())
+        if target is None:
+            segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+            target = ResultTarget(segmentation_node.GetID(), f"{segment.GetName()} (RADA)")
+        return SegmentTask("", image, painting.annotation, opts, volume_node.GetID(), target, job_id_pending=True)
+
+    def send(self, task: SegmentTask) -> SegmentTask:
+        """Upload the volume and the annotation and queue the job (network: a worker thread)."""
+        client = self.backend.client()
+        task.job_id = client.submit_segment(task.image, task.annotation, task.options)
+        task.job_id_pending = False
+        task.submitted = time.monotonic()
+        if task.state == "cancelled":  # cancelled while uploading
+            client.cancel(task.job_id)
+        return task
+
+    def submit(self, volume_node, segmentation_node, segment_id: str,
+               options: dict[str, Any] | None = None, target: ResultTarget | None = None) -> SegmentTask:
+        """:meth:`prepare` then :meth:`send` (scripts); raises InputError on a bad painting."""
+        return self.send(self.prepare(volume_node, segmentation_node, segment_id, options, target))
 
     def poll(self, task: SegmentTask) -> SegmentTask:
-        """Ask the server once; on success the result is downloaded into ``task.label``."""
-        if task.finished:
+        """Ask the server once; on success the result is downloaded into ``task.label``
+        (network, no MRML: safe on a worker thread)."""
+        if task.finished or task.job_id_pending:
             return task
         client = self.backend.client()
         status = client.status(task.job_id)
@@ -168,7 +225,9 @@ class SegmentationLogic:
 
     def cancel(self, task: SegmentTask) -> None:
         """Stop the job on the server (a running job stops at its next check)."""
-        if not task.finished:
+        if task.job_id_pending:
+            task.state = "cancelled"
+        elif not task.finished:
             self.backend.client().cancel(task.job_id)
 
     def _forget(self, task: SegmentTask) -> None:
@@ -178,45 +237,65 @@ class SegmentationLogic:
             pass
 
     # --- 3. the result ------------------------------------------------------------------
-    def apply_result(self, task: SegmentTask, output_node, segment_name: str = "",
-                     replace: bool = True, painted_segment_id: str | None = None) -> str:
-        """Write the result into ``output_node`` as one undo step; returns the segment id.
+    def apply_result(self, task: SegmentTask, output_node=None, segment_name: str = "",
+                     replace: bool | None = None) -> str:
+        """Write the result into the output segmentation; returns the segment id.
 
-        The segment is named ``segment_name`` (default: the painted segment's name + " (RADA)").
-        With ``replace``, a segment of that name is overwritten; otherwise a new one is added.
-        The result keeps the painted slices exactly (the server reproduces them, checked here).
+        By default the result goes where ``task.target`` (fixed at submit time) says; the
+        arguments override it (scripts). With ``replace``, a segment of that name is overwritten;
+        otherwise a new one is added. The result keeps the painted slices exactly (the server
+        reproduces them, checked here). :meth:`undo` reverts this one write.
         """
         if task.state != "done" or task.label is None:
             raise InputError(f"no result to apply (job {task.state}{': ' + task.error if task.error else ''})")
+        target = task.target
+        if output_node is None and target is not None:
+            scene = self._scene
+            output_node = scene.GetNodeByID(target.output_node_id) if scene is not None else None
+            if output_node is None:
+                raise InputError("the output segmentation chosen when Segment was pressed is gone; not applied")
         if output_node is None:
             raise InputError("no output segmentation selected")
+        name = segment_name or (target.segment_name if target else "") or "RADA result"
+        replace = (target.replace if target else True) if replace is None else replace
         known = task.annotation.known()
         if not np.array_equal(task.label.array[known] > 0, task.annotation.foreground()[known]):
             raise InputError("the result does not reproduce the painted slices; not applied")
-        name = segment_name or "RADA result"
         scene = output_node.GetScene()
-        save_undo_state(scene, output_node)
+        reference = scene.GetNodeByID(task.volume_node_id)
         mask = task.label.with_array((task.label.array > 0).astype(np.uint8))
         if output_node.GetSegmentation().GetNumberOfSegments() == 0 and \
-                not output_node.GetNodeReference("referenceImageGeometryRef"):
-            reference = scene.GetNodeByID(task.volume_node_id)
-            if reference is not None:
-                output_node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+                not output_node.GetNodeReference("referenceImageGeometryRef") and reference is not None:
+            output_node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
         existing = mrml.segment_id_by_name(output_node, name) if replace else None
         if existing is not None:
+            previous = mrml.segment_mask(output_node, existing, reference) if reference is not None else None
             mrml.set_segment_mask(output_node, existing, mask)
+            self._backup = ResultBackup(output_node.GetID(), existing, previous if previous is not None else mask)
             return existing
         segment_id = output_node.GetSegmentation().AddEmptySegment("", name)
         output_node.GetSegmentation().GetSegment(segment_id).SetColor(*RESULT_COLOR)
         mrml.set_segment_mask(output_node, segment_id, mask)
+        self._backup = ResultBackup(output_node.GetID(), segment_id, None)
         return segment_id
 
-    @staticmethod
-    def undo(scene) -> bool:
-        """Undo the last applied result (scene undo); False if there is nothing to undo."""
-        if scene.GetNumberOfUndoLevels() == 0:
+    @property
+    def can_undo(self) -> bool:
+        return self._backup is not None
+
+    def undo(self, scene) -> bool:
+        """Revert the last applied result, and only it (the painting and anything else done
+        since are kept); False if there is nothing to undo."""
+        backup, self._backup = self._backup, None
+        if backup is None:
             return False
-        scene.Undo()
+        node = scene.GetNodeByID(backup.output_node_id)
+        if node is None or node.GetSegmentation().GetSegment(backup.segment_id) is None:
+            return False
+        if backup.previous is None:
+            node.GetSegmentation().RemoveSegment(backup.segment_id)
+        else:
+            mrml.set_segment_mask(node, backup.segment_id, backup.previous)
         return True
 
     # --- all in one, for scripts and tests ----------------------------------------------
@@ -225,7 +304,12 @@ class SegmentationLogic:
                 progress: Callable[[float, str, str], None] | None = None, timeout_s: float = 600.0,
                 poll_interval_s: float = 0.2) -> tuple[str, SegmentTask]:
         """Submit, poll until finished, apply; returns (result segment id, task)."""
-        task = self.submit(volume_node, segmentation_node, segment_id, options)
+        if not segment_name:
+            segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+            segment_name = f"{segment.GetName() if segment else 'organ'} (RADA)"
+        output_node = output_node or segmentation_node
+        target = ResultTarget(output_node.GetID(), segment_name, replace)
+        task = self.submit(volume_node, segmentation_node, segment_id, options, target)
         deadline = time.monotonic() + timeout_s
         while not self.poll(task).finished:
             if progress is not None:
@@ -238,15 +322,4 @@ class SegmentationLogic:
             raise CancelledError("segmentation cancelled")
         if task.state == "failed":
             raise InputError(task.error or "segmentation failed")
-        if not segment_name:
-            segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
-            segment_name = f"{segment.GetName()} (RADA)"
-        return self.apply_result(task, output_node or segmentation_node, segment_name, replace), task
-
-
-def save_undo_state(scene, node) -> None:
-    """Make ``node``'s next change one scene undo step (turning scene undo on if needed)."""
-    node.SetUndoEnabled(True)
-    if not scene.GetUndoFlag():
-        scene.SetUndoOn()
-    scene.SaveStateForUndo()
+        return self.apply_result(task, output_node), task

@@ -134,6 +134,7 @@ def segment_mask(segmentation_node, segment_id: str, reference_node) -> Volume:
     if segmentation_node.GetParentTransformNode() is not None:
         raise InputError(f"segmentation '{segmentation_node.GetName()}' is under a transform: harden it first")
     scene = segmentation_node.GetScene()
+    before = _node_ids(scene)
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__rada_export")
     try:
         ids = vtk.vtkStringArray()
@@ -148,11 +149,17 @@ def segment_mask(segmentation_node, segment_id: str, reference_node) -> Volume:
             return reference.with_array(np.zeros(reference.shape, np.uint8))
         exported = volume_from_node(labelmap)
     finally:
-        display = labelmap.GetDisplayNode()
-        if display is not None:
-            scene.RemoveNode(display)
-        scene.RemoveNode(labelmap)
+        # The export adds a display node and a "<segmentation>_ColorTable" node besides the
+        # labelmap: remove every node it added, so checking a painting leaves the scene as it was.
+        for node_id in _node_ids(scene) - before:
+            node = scene.GetNodeByID(node_id)
+            if node is not None:
+                scene.RemoveNode(node)
     return exported.with_array((exported.array > 0).astype(np.uint8))
+
+
+def _node_ids(scene) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
 
 
 def set_segment_mask(segmentation_node, segment_id: str, mask: Volume) -> None:

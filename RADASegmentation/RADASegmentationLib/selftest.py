@@ -159,7 +159,8 @@ def fake_task(image: Volume, annotation: SparseAnnotation, label: np.ndarray, vo
 
 
 def check_undo(scene) -> None:
-    """Applying a result is one undo step: undo removes a new segment / restores a replaced one."""
+    """Undo reverts the last result and only it: scene undo stays off, painting done after the
+    result is kept, a replaced result comes back, a new one is removed."""
     image, truth = synthetic_case()
     slices = largest_slices(truth)
     painted = paint(truth, slices)
@@ -170,25 +171,28 @@ def check_undo(scene) -> None:
     first = np.where(known, fg, truth)
     task = fake_task(image, painting.annotation, first, vol_node)
     new_id = logic.apply_result(task, seg_node, "organ (RADA)", replace=True)
+    assert not scene.GetUndoFlag(), "applying a result turned the scene's undo on for the whole application"
     assert seg_node.GetSegmentation().GetNumberOfSegments() == 2
-    got = mrml.segment_mask(seg_node, new_id, vol_node)
-    assert np.array_equal(got.array > 0, first)
+    assert np.array_equal(mrml.segment_mask(seg_node, new_id, vol_node).array > 0, first)
     assert np.array_equal(mrml.segment_mask(seg_node, sid, vol_node).array, painted), "painting changed"
-    # A second run replaces the segment in place ...
+    # Apply, paint more, Undo: the result goes, the new painting stays.
+    more = paint(truth, {"axial": [slices["axial"][0] + 3]})
+    repainted = np.maximum(painted, more)
+    mrml.set_segment_mask(seg_node, sid, image.with_array(repainted))
+    assert logic.can_undo and logic.undo(scene)
+    assert seg_node.GetSegmentation().GetSegment(new_id) is None
+    assert np.array_equal(mrml.segment_mask(seg_node, sid, vol_node).array, repainted), "undo lost the new painting"
+    assert not logic.undo(scene), "one level of undo only"
+    # Replace: undo brings back the first result (one level).
+    new_id = logic.apply_result(fake_task(image, painting.annotation, first, vol_node), seg_node, "organ (RADA)")
     second = np.where(known, fg, np.roll(truth, 1, axis=2))
-    same_id = logic.apply_result(fake_task(image, painting.annotation, second, vol_node), seg_node,
-                                 "organ (RADA)", replace=True)
+    same_id = logic.apply_result(fake_task(image, painting.annotation, second, vol_node), seg_node, "organ (RADA)")
     assert same_id == new_id and seg_node.GetSegmentation().GetNumberOfSegments() == 2
     assert np.array_equal(mrml.segment_mask(seg_node, new_id, vol_node).array > 0, second)
-    # ... and undo brings back the first result, then no result at all.
     assert logic.undo(scene)
-    seg_node = scene.GetNodeByID(seg_node.GetID())
     assert np.array_equal(mrml.segment_mask(seg_node, new_id, vol_node).array > 0, first), "undo of replace"
-    assert logic.undo(scene)
-    seg_node = scene.GetNodeByID(seg_node.GetID())
-    assert seg_node.GetSegmentation().GetNumberOfSegments() == 1
-    assert seg_node.GetSegmentation().GetSegment(new_id) is None
-    assert np.array_equal(mrml.segment_mask(seg_node, sid, vol_node).array, painted)
+    assert seg_node.GetSegmentation().GetNumberOfSegments() == 2
+    assert not scene.GetUndoFlag()
     # A result that would overwrite the painted slices is refused.
     bad = fake_task(image, painting.annotation, np.zeros(image.shape, np.uint8), vol_node)
     try:
@@ -197,6 +201,74 @@ def check_undo(scene) -> None:
         assert "painted slices" in str(exc)
     else:
         raise AssertionError("a result that drops the painted slices was applied")
+
+
+def check_result_goes_where_chosen_at_submit(scene) -> None:
+    """The result lands in the output chosen when Segment was pressed, whatever changed since."""
+    from RADASegmentationLib.logic import ResultTarget
+
+    image, truth = synthetic_case()
+    painted = paint(truth, largest_slices(truth))
+    vol_node, seg_node, sid = add_case(scene, image, painted, "target")
+    chosen = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "chosen output")
+    logic = SegmentationLogic(scene=scene)
+    task = logic.prepare(vol_node, seg_node, sid, {}, ResultTarget(chosen.GetID(), "liver (RADA)", True))
+    assert task.job_id_pending and task.target.output_node_id == chosen.GetID()
+    done = fake_task(image, task.annotation, np.where(task.annotation.known(), task.annotation.foreground(), truth),
+                     vol_node)
+    done.target = task.target
+    result_id = logic.apply_result(done)
+    assert chosen.GetSegmentation().GetSegment(result_id).GetName() == "liver (RADA)"
+    assert seg_node.GetSegmentation().GetNumberOfSegments() == 1, "the painted segmentation was written to"
+    scene.RemoveNode(chosen)
+    try:
+        logic.apply_result(done)
+    except InputError as exc:
+        assert "is gone" in str(exc)
+    else:
+        raise AssertionError("a result was applied to a segmentation that no longer exists")
+
+
+def check_painting_check_leaves_scene_unchanged(scene) -> None:
+    """Checking a painting (and applying a result) adds no node to the scene (no _ColorTable)."""
+    image, truth = synthetic_case()
+    vol_node, seg_node, sid = add_case(scene, image, paint(truth, largest_slices(truth)), "count")
+    logic = SegmentationLogic()
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    for _ in range(3):
+        assert logic.analyze_painting(vol_node, seg_node, sid).ok
+    after = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    added = [scene.GetNodeByID(i).GetName() for i in after - before]
+    assert not added, f"checking the painting left nodes in the scene: {added}"
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode") == 0 or \
+        not any(scene.GetNthNodeByClass(i, "vtkMRMLColorTableNode").GetName().endswith("_ColorTable")
+                for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")))
+
+
+def check_painting_watcher(scene) -> None:
+    """The painting is re-checked when the user paints (SourceRepresentationModified) or picks
+    other inputs, not when another parameter changes, and never after the module is left."""
+    from RADASegmentationLib.watch import PaintingWatcher
+
+    image, truth = synthetic_case((8, 10, 12))
+    vol_node, seg_node, sid = add_case(scene, image, paint(truth, largest_slices(truth)), "watch")
+    scheduled: list[int] = []
+    watcher = PaintingWatcher(lambda: scheduled.append(1))
+    assert watcher.watch(vol_node, seg_node, sid) and len(scheduled) == 1
+    assert not watcher.watch(vol_node, seg_node, sid) and len(scheduled) == 1, "re-checked without a change"
+    # A paint stroke in the Segment Editor fires SourceRepresentationModified on the node.
+    seg_node.InvokeEvent(slicer.vtkSegmentation.SourceRepresentationModified)
+    assert len(scheduled) == 2, "a paint stroke did not trigger a re-check"
+    mrml.set_segment_mask(seg_node, sid, image.with_array(truth.astype(np.uint8)))  # a real edit
+    assert len(scheduled) >= 3
+    other = seg_node.GetSegmentation().AddEmptySegment("", "other")
+    count = len(scheduled)
+    assert watcher.watch(vol_node, seg_node, other) and len(scheduled) == count + 1
+    watcher.stop()  # the module is left
+    seg_node.InvokeEvent(slicer.vtkSegmentation.SourceRepresentationModified)
+    vol_node.InvokeEvent(slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent)
+    assert len(scheduled) == count + 1, "observers survived stop()"
+    assert not watcher.watching
 
 
 def check_segment_end_to_end(scene, logic: SegmentationLogic, preset: str = "fast") -> dict:
@@ -279,4 +351,32 @@ def _on_grid(reference: Volume, mask: np.ndarray, image: Volume) -> np.ndarray:
 
 #: Checks that need no server, in the order the module self-test runs them.
 OFFLINE_CHECKS = (check_geometry_roundtrip, check_painting_analysis, check_bad_paintings_refused,
-                  check_undo, check_seg_nrrd_interop)
+                  check_undo, check_result_goes_where_chosen_at_submit, check_painting_check_leaves_scene_unchanged,
+                  check_painting_watcher, check_seg_nrrd_interop)
+
+#: Python packages a check needs beyond what Slicer ships (installed on first use, with consent).
+NEEDS = {check_seg_nrrd_interop: ("slicerio",)}
+#: What the end-to-end check needs: a local server (FastAPI, uvicorn) with the full backend.
+END_TO_END_NEEDS = ("httpx", "fastapi", "uvicorn", "multipart", "torch", "ants", "slicerio")
+
+
+def missing_modules(names) -> list[str]:
+    """The modules in ``names`` that cannot be imported here."""
+    import importlib
+
+    out = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            out.append(name)
+    return out
+
+
+def skip_reason(check) -> str | None:
+    """Why ``check`` cannot run in this Python (a missing optional package), or None."""
+    missing = missing_modules(END_TO_END_NEEDS if check is check_segment_end_to_end else NEEDS.get(check, ()))
+    if missing:
+        return (f"{check.__name__} skipped: {', '.join(missing)} not installed (RADA installs its packages "
+                f"on first use, with your consent: press Segment once)")
+    return None

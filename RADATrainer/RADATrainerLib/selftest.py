@@ -87,4 +87,15 @@ def check_checkpoint_list(scene, folder=None) -> None:
     assert rows[0]["resumable"] and not rows[1]["resumable"]
 
 
-OFFLINE_CHECKS = (check_scene_export_and_validation, check_loss_plot, check_checkpoint_list)
+def check_loss_plot_view(scene) -> None:
+    """The loss chart is shown through a plot view node (what qMRMLPlotWidget displays)."""
+    from RADATrainerLib.plotview import loss_plot_view
+
+    chart = update_loss_plot(scene, [(10, 0.9), (20, 0.5)])
+    view = loss_plot_view(scene, chart)
+    assert view.IsA("vtkMRMLPlotViewNode") and view.GetPlotChartNodeID() == chart.GetID()
+    again = loss_plot_view(scene, update_loss_plot(scene, [(10, 0.9), (20, 0.5), (30, 0.4)]))
+    assert again is view and scene.GetNumberOfNodesByClass("vtkMRMLPlotViewNode") == 1
+
+
+OFFLINE_CHECKS = (check_scene_export_and_validation, check_loss_plot, check_loss_plot_view, check_checkpoint_list)

@@ -32,6 +32,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -431,11 +432,15 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def serve(settings: ServiceSettings, ready_file: Path | None = None, log_level: str = "info",
           runners: Mapping[str, Runner] | None = None, ssl_certfile: str | None = None,
-          ssl_keyfile: str | None = None) -> None:
+          ssl_keyfile: str | None = None, exit_with_stdin: bool = False) -> None:
     """Run the server until interrupted (``rada serve``).
 
     ``ready_file`` receives ``{"url", "pid", "protocol"}`` as JSON once the server accepts
     connections (how :class:`rada.service.client.LocalServer` learns a port chosen with 0).
+    With ``exit_with_stdin`` the server stops when its standard input reaches end of file:
+    the parent holds the pipe's other end, and the OS closes it when the parent dies, so a
+    server started by Slicer never outlives it (a parent-pid check would miss pid reuse and
+    does not work the same on Windows).
     """
 
     import uvicorn
@@ -468,6 +473,18 @@ def serve(settings: ServiceSettings, ready_file: Path | None = None, log_level: 
             await super().startup(sockets=sockets)
             if self.started:
                 on_ready()
+                if exit_with_stdin:
+                    threading.Thread(target=self._exit_at_stdin_eof, name="rada-stdin-watchdog",
+                                     daemon=True).start()
+
+        def _exit_at_stdin_eof(self) -> None:
+            try:
+                while sys.stdin.buffer.read(4096):
+                    pass
+            except (OSError, ValueError, AttributeError):
+                pass
+            print("standard input closed (the parent is gone): stopping", file=sys.stderr)
+            self.should_exit = True
 
         async def shutdown(self, sockets: Any = None) -> None:
             try:

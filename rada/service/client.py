@@ -336,9 +336,13 @@ class RadaClient:
 class LocalServer:
     """A ``rada serve`` subprocess on a free loopback port, with a fresh token.
 
-    The Slicer module starts one on demand (with Slicer's Python) and stops it when done;
-    ``start()`` waits until ``/health`` answers, or raises with the end of the server's log.
-    The log and the ready file live in a private temporary folder removed by ``stop()``.
+    The Slicer module starts one on demand (with Slicer's Python) and stops it when done.
+    :meth:`launch` only starts the process (for a GUI: then call :meth:`poll_ready` from a
+    timer); :meth:`start` launches and waits until ``/health`` answers, or raises with the end
+    of the server's log. The server is told where this ``rada`` package lives (``PYTHONPATH``)
+    and watches its standard input, a pipe held by this process: when this process dies, the
+    OS closes the pipe and the server stops by itself. The log and the ready file live in a
+    private temporary folder removed by :meth:`stop`.
     """
 
     def __init__(self, python: str | None = None, token: str | None = None, workers: int = 1,
@@ -353,45 +357,87 @@ class LocalServer:
         self.process: subprocess.Popen | None = None
         self._dir: Path | None = None
         self._log: Any = None
+        self._deadline: float | None = None
+        self._timeout = 0.0
 
     @property
     def log_path(self) -> Path | None:
         return self._dir / "server.log" if self._dir else None
 
-    def start(self, timeout: float = 60.0) -> "LocalServer":
-        self._dir = Path(tempfile.mkdtemp(prefix="rada-local-server-"))
-        ready = self._dir / "ready.json"
+    def _environment(self) -> dict[str, str]:
+        """The server's environment: this ``rada`` package first on ``PYTHONPATH`` (the server
+        must run the same code as its client, wherever Slicer installed it)."""
+        package_root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, **self.env, "RADA_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
+        paths = [package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != package_root]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        return env
+
+    def launch(self, timeout: float = 60.0) -> "LocalServer":
+        """Start the process and return at once; :meth:`poll_ready` says when it answers.
+
+        Args:
+            timeout: seconds :meth:`poll_ready` waits for the server before giving up.
+
+        Returns:
+            self.
+        """
+        if self.process is not None:
+            return self
+        self._dir = Path(tempfile.mkdtemp(prefix="rada-local-server-"))
         cmd = [self.python, "-m", "rada.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-               "--ready-file", str(ready), *self.args]
+               "--ready-file", str(self._dir / "ready.json"), "--exit-with-stdin", *self.args]
         self._log = open(self._dir / "server.log", "wb")
         kwargs: dict[str, Any] = {}
         if os.name == "nt":  # no console window popping up from Slicer
             kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=env, cwd=str(self._dir), **kwargs)
-        deadline = time.monotonic() + timeout
         try:
-            while True:
-                code = self.process.poll()
-                if code is not None:
-                    raise ServerUnavailableError(f"the local RADA server exited with code {code} while starting:\n"
-                                                 f"{self.log_tail()}")
-                if ready.exists():
-                    try:
-                        self.url = json.loads(ready.read_text())["url"]
-                        with self.client(timeout=5.0) as client:
-                            client.health()
-                        return self
-                    except (ValueError, KeyError, ServerUnavailableError):
-                        pass
-                if time.monotonic() > deadline:
-                    raise ServerUnavailableError(f"the local RADA server did not answer within {timeout:.0f} s:\n"
-                                                 f"{self.log_tail()}")
-                time.sleep(0.1)
+            self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT,
+                                            env=self._environment(), cwd=str(self._dir), **kwargs)
+        except OSError as exc:
+            self.stop()
+            raise ServerUnavailableError(f"cannot start the local RADA server with {self.python}: {exc}") from None
+        self._timeout, self._deadline = timeout, time.monotonic() + timeout
+        return self
+
+    def poll_ready(self) -> bool:
+        """True once the server answers ``/health``; False while it starts (returns quickly).
+
+        Raises :class:`ServerUnavailableError` (with the end of its log) if the process exited
+        or did not answer within the launch timeout; the server is then stopped."""
+        if self.url is not None and self.running:
+            return True
+        if self.process is None or self._dir is None:
+            raise ServiceError("the local server is not launched")
+        ready = self._dir / "ready.json"
+        try:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerUnavailableError(f"the local RADA server exited with code {code} while starting:\n"
+                                             f"{self.log_tail()}")
+            if ready.exists():
+                try:
+                    url = json.loads(ready.read_text())["url"]
+                    with RadaClient(url, self.token, timeout=2.0) as client:
+                        client.health()
+                    self.url = url
+                    return True
+                except (ValueError, KeyError, ServerUnavailableError):
+                    pass
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                raise ServerUnavailableError(f"the local RADA server did not answer within {self._timeout:.0f} s:\n"
+                                             f"{self.log_tail()}")
         except BaseException:
             self.stop()
             raise
+        return False
+
+    def start(self, timeout: float = 60.0) -> "LocalServer":
+        """Launch and wait until the server answers (scripts and tests; a GUI uses :meth:`launch`)."""
+        self.launch(timeout)
+        while not self.poll_ready():
+            time.sleep(0.1)
+        return self
 
     def client(self, **kwargs: Any) -> RadaClient:
         if self.url is None:
@@ -410,14 +456,29 @@ class LocalServer:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server (it cancels its jobs and removes its files), then clean up."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        """Stop the server (it cancels its jobs and removes its files), then clean up.
+
+        Bounded: closing its standard input asks it to stop; after ``timeout`` seconds it is
+        terminated, then killed; this never waits more than about ``timeout + 4`` seconds."""
+        process = self.process
+        if process is not None:
+            if process.stdin is not None:
+                try:
+                    process.stdin.close()
+                except OSError:
+                    pass
+            for action, wait in ((None, timeout), (process.terminate, 2.0), (process.kill, 2.0)):
+                if process.poll() is not None:
+                    break
+                if action is not None:
+                    try:
+                        action()
+                    except OSError:
+                        pass
+                try:
+                    process.wait(wait)
+                except subprocess.TimeoutExpired:
+                    continue
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -425,6 +486,7 @@ class LocalServer:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
         self.url = None
+        self.process = None
 
     def __enter__(self) -> "LocalServer":
         return self if self.process is not None else self.start()

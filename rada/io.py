@@ -119,7 +119,8 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True,
         try:
             sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=compress)
         except RuntimeError as exc:
-            raise InputError(f"cannot write {target}: {str(exc).strip().splitlines()[-1]}") from None
+            reason = str(exc).strip().splitlines()[-1].replace(str(tmp), str(target))  # the user's name only
+            raise InputError(f"cannot write {target}: {reason}") from None
         if tmp.stat().st_size == 0:
             raise InputError(f"cannot write {target}: the writer produced an empty file")
     return target

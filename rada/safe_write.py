@@ -123,7 +123,8 @@ class OutputSet:
     def stage(self, path: str | os.PathLike, allowed: Sequence[str] | None = None) -> Path:
         """Create the target's folder if needed and return a fresh temporary path beside it."""
         target = check_output(path, allowed)
-        suffix = format_suffix(target, allowed) if allowed else _plain_suffix(target)
+        # Lower case: ITK picks its writer from the suffix and knows only ".nii.gz", not ".NII.GZ".
+        suffix = (format_suffix(target, allowed) if allowed else _plain_suffix(target)).lower()
         self._make_parents(target)
         for _ in range(100):
             tmp = target.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}{suffix}"

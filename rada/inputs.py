@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import os
 import struct
@@ -198,16 +199,72 @@ class _NiftiScan:
             raise InputError(_nonfinite_message(str(self.path), self.nonfinite, int(np.prod(self.info.size_xyz))))
 
 
-def check_data_complete(path: Path, info: ImageInfo) -> None:
-    """Refuse a NIfTI file shorter than its header declares, with broken gzip, or with NaN/Inf voxels.
+def _nrrd_data_start(path: Path) -> tuple[int, dict[str, str]] | None:
+    """Offset of an attached-data NRRD's data and its header fields (None if detached or not NRRD)."""
+    with open(path, "rb") as fh:
+        head = fh.read(65536)
+    end = head.find(b"\n\n")
+    crlf = head.find(b"\r\n\r\n")
+    if crlf >= 0 and (end < 0 or crlf < end):
+        end, skip = crlf, 4
+    else:
+        skip = 2
+    if not head.startswith(b"NRRD") or end < 0:
+        return None
+    fields = {}
+    for line in head[:end].decode("latin-1").splitlines()[1:]:
+        if ":" in line and not line.startswith("#") and ":=" not in line:
+            key, value = line.split(":", 1)
+            fields[key.strip().lower()] = value.strip().lower()
+    if "data file" in fields or "datafile" in fields:
+        return None
+    return end + skip, fields
 
-    Other formats pass: their readers already fail on short data and keep NaN for
+
+def _check_nrrd_stream(path: Path, info: ImageInfo) -> None:
+    """A gzip/bzip2 NRRD's compressed data must be complete: every voxel, CRC and length trailer.
+
+    Teem (ITK's NRRD reader) accepts a gzip stream that stops inside its trailer, so a copy
+    cut a few bytes short would be read as if nothing were wrong.
+    """
+    layout = _nrrd_data_start(path)
+    if layout is None:
+        return
+    start, fields = layout
+    encoding = fields.get("encoding", "raw")
+    if encoding not in ("gzip", "gz", "bzip2", "bz2"):
+        return
+    opener = gzip.GzipFile if encoding in ("gzip", "gz") else bz2.BZ2File
+    total = 0
+    try:
+        with open(path, "rb") as raw:
+            raw.seek(start)
+            with opener(fileobj=raw, mode="rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    total += len(chunk)
+    except EOFError:
+        raise InputError(f"{path} is truncated: its {encoding} data end early (an incomplete copy or download?)") from None
+    except (OSError, zlib.error) as exc:
+        raise InputError(f"{path} is corrupt: its {encoding} data do not decompress ({exc})") from None
+    if "byte skip" not in fields and "byteskip" not in fields and total < info.nbytes:
+        raise InputError(f"{path} is truncated: it holds {total} bytes of voxels, its header declares {info.nbytes}")
+
+
+def check_data_complete(path: Path, info: ImageInfo) -> None:
+    """Refuse a file whose data are shorter than its header declares, badly compressed, or NaN in NIfTI.
+
+    NIfTI (``.nii``, ``.nii.gz``): length, gzip CRC, and NaN/Inf voxels (ITK reads NaN as 0).
+    NRRD (``.nrrd``, ``.seg.nrrd``) with gzip/bzip2 data: the whole stream with its trailer.
+    Other formats pass: their readers already fail on short data, and they keep NaN for
     :func:`check_finite` to see.
 
     Raises:
         InputError: truncated, corrupt, or non-finite data, naming ``path``.
     """
     name = path.name.lower()
+    if name.endswith(".nrrd"):
+        _check_nrrd_stream(path, info)
+        return
     if not name.endswith((".nii", ".nii.gz")):
         return
     scan = _NiftiScan(path, info)

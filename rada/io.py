@@ -194,7 +194,7 @@ def read_segmentation(path: str | os.PathLike, limits: ReadLimits | None = None)
     p = Path(path)
     if not p.exists():
         raise InputError(f"no such file: {p}")
-    probe_image_file(p, limits or ReadLimits(), scalar_3d=False, what="segmentation ")
+    check_data_complete(p, probe_image_file(p, limits or ReadLimits(), scalar_3d=False, what="segmentation "))
     try:
         seg = slicerio.read_segmentation(str(p))
     except Exception as exc:  # slicerio/pynrrd raise several types for malformed files

@@ -38,10 +38,16 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-def _fails_cleanly(argv: list[str], capsys, message: str, folder: Path | None = None) -> str:
-    """Exit 2, one error line (the last) holding ``message``, and (if given) ``folder`` unchanged."""
+def _fails_cleanly(argv: list[str], capsys, message: str, folder: Path | None = None,
+                   before_work: bool = False) -> str:
+    """Exit 2, one error line (the last) holding ``message``, and (if given) ``folder`` unchanged.
+
+    ``before_work``: the error is the only line, i.e. it came before any progress was shown.
+    """
     before = sorted(os.listdir(folder)) if folder else None
     code, _, err = _run(argv, capsys)
+    if before_work:
+        assert len(err.strip().splitlines()) == 1, err
     errors = [line for line in err.splitlines() if line.startswith("rada ")]  # progress lines may precede
     assert code == 2, err
     assert len(errors) == 1 and message in errors[0] and err.rstrip().endswith(errors[0]), err
@@ -257,14 +263,14 @@ def test_unwritable_outputs_fail_before_any_work(case, tmp_path, capsys, target,
     target = target.replace("FILE", str(tmp_path / "FILE")).replace("DIR", str(tmp_path / "DIR.nii.gz")) \
         if not target.startswith("seg") else str(tmp_path / target)
     _fails_cleanly(["segment", case.image, "--annotation", case.sparse, "--out", target], capsys, message,
-                   tmp_path)
+                   tmp_path, before_work=True)
 
 
 def test_unwritable_report_or_csv_leaves_no_label_behind(case, tmp_path, capsys):
     (tmp_path / "FILE").write_text("x")
     _fails_cleanly(["segment", case.image, "--annotation", case.sparse, "--out", tmp_path / "seg.nii.gz",
                     "--report", tmp_path / "FILE" / "r.json"], capsys, f"cannot write {tmp_path / 'FILE' / 'r.json'}",
-                   tmp_path)
+                   tmp_path, before_work=True)
     _fails_cleanly(["evaluate", case.label, case.label, "--csv", "/proc/rada-test/t.csv"], capsys,
                    "cannot write /proc/rada-test/t.csv")
 
@@ -277,7 +283,7 @@ def test_read_only_folder_is_refused_with_the_users_path(case, tmp_path, capsys)
     ro.chmod(0o555)
     try:
         _fails_cleanly(["segment", case.image, "--annotation", case.sparse, "--out", ro / "seg.nii.gz"], capsys,
-                       f"cannot write {ro / 'seg.nii.gz'}: permission denied", tmp_path)
+                       f"cannot write {ro / 'seg.nii.gz'}: Permission denied", tmp_path)
     finally:
         ro.chmod(0o755)
 

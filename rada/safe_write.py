@@ -85,9 +85,25 @@ def check_output(path: str | os.PathLike, allowed: Sequence[str] | None = None) 
     base = _nearest_existing(target)
     if not base.is_dir():
         raise InputError(f"cannot write {path}: {base} is not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {path}: permission denied in {base}")
+    _probe_writable(target, base)
     return target
+
+
+def _probe_writable(target: Path, base: Path) -> None:
+    """Really create (and remove at once) what the write will create: a file in the target's
+    folder, or the first missing folder. Permission bits alone mislead (root, /proc, ACLs)."""
+    first_missing = target.parent if target.parent == base else next(
+        p for p in reversed(target.parents) if p.parent == base)
+    try:
+        if first_missing == target.parent:
+            probe = base / f"{TMP_PREFIX}{secrets.token_hex(6)}.probe"
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
+        else:
+            first_missing.mkdir()
+            first_missing.rmdir()
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {_reason(exc)} in {base}") from None
 
 
 def _plain_suffix(target: Path) -> str:

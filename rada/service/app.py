@@ -257,7 +257,7 @@ def create_app(settings: ServiceSettings | None = None, runners: Mapping[str, Ru
         except PayloadTooLarge:
             raise
         except StarletteHTTPException as exc:  # starlette's own (FastAPI's is a subclass)
-            raise HTTPException(400, f"bad multipart form: {exc.detail}; {FORM_HINT}") from None
+            raise HTTPException(400, f"bad multipart form: {str(exc.detail).rstrip('.')}; {FORM_HINT}") from None
         except Exception as exc:  # noqa: BLE001 - malformed multipart bodies raise several types
             reason = " ".join(str(exc).split())[:120] or type(exc).__name__
             raise HTTPException(400, f"bad multipart form ({reason}); {FORM_HINT}") from None

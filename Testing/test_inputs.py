@@ -250,6 +250,14 @@ def test_multi_suffix_output_names_are_written_exactly(case, tmp_path, capsys, n
     assert label.same_grid(case.image_volume) and label.array.sum() > 0
 
 
+def test_relative_output_paths_in_new_folders(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(["segment", case.image, "--annotation", case.sparse, "--out", "new/seg.nii.gz",
+                         "--report", "r.json"], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path)) == ["new", "r.json"] and os.listdir(tmp_path / "new") == ["seg.nii.gz"]
+
+
 @pytest.mark.parametrize("target, message", [
     ("/proc/rada-test/seg.nii.gz", "cannot write /proc/rada-test/seg.nii.gz"),
     ("FILE/seg.nii.gz", "is not a folder"),

@@ -93,7 +93,7 @@ def _probe_writable(target: Path, base: Path) -> None:
     """Really create (and remove at once) what the write will create: a file in the target's
     folder, or the first missing folder. Permission bits alone mislead (root, /proc, ACLs)."""
     first_missing = target.parent if target.parent == base else next(
-        p for p in reversed(target.parents) if p.parent == base)
+        p for p in reversed(target.parents) if p.parent == base and p != base)  # Path(".").parent is "."
     try:
         if first_missing == target.parent:
             probe = base / f"{TMP_PREFIX}{secrets.token_hex(6)}.probe"

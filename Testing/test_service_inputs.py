@@ -42,7 +42,7 @@ class CheckOnlySegmentRunner(SegmentRunner):
         return JobOutput(None, {"preset": config.preset, "propagate": config.propagate})
 
 
-def _app(tmp_path=None):
+def _app():
     return create_app(ServiceSettings(token=TOKEN, max_upload_bytes=2**20, max_queued=64, result_ttl_s=30),
                       {"segment": CheckOnlySegmentRunner()})
 

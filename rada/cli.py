@@ -26,7 +26,7 @@ def _print_json(obj: object) -> None:
 def _stage_report(report: dict, path: str | None, outputs) -> None:
     """With ``--report PATH``, stage the JSON report in ``outputs`` (written with the other outputs)."""
     if path:
-        outputs.stage(path, (".json",)).write_text(json.dumps(report, indent=2, default=float))
+        outputs.stage(path).write_text(json.dumps(report, indent=2, default=float))
 
 
 def _check_outputs(*paths: tuple[str | None, tuple[str, ...] | None]) -> None:
@@ -98,7 +98,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     from rada.pipeline import SegmentConfig, segment_case
     from rada.safe_write import VOLUME_SUFFIXES, OutputSet
 
-    _check_outputs((args.out, VOLUME_SUFFIXES), (args.report, (".json",)))
+    _check_outputs((args.out, VOLUME_SUFFIXES), (args.report, None))
     image = read_volume(args.image)
     painted = load_annotation(args.annotation, args.segment, reference=image)
     bar, progress = _stderr_progress("segment")
@@ -143,7 +143,7 @@ def _run_propagate(args: argparse.Namespace) -> int:
     from rada.propagation import PropagationConfig, propagate, save_propagation
     from rada.safe_write import VOLUME_SUFFIXES
 
-    _check_outputs((args.out, (".npz",)), (args.fused, VOLUME_SUFFIXES))
+    _check_outputs((args.out, None), (args.fused, VOLUME_SUFFIXES))
     image = read_volume(args.image)
     annotation = read_annotation(args.annotation, reference=image).validate(image)
     config = PropagationConfig(transform=args.transform, preset=args.preset, workers=args.workers,
@@ -186,7 +186,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"cannot write into {out}: it is a file, not a folder")
-    _check_outputs((str(out / "report.json"), (".json",)))
+    _check_outputs((str(out / "report.json"), None))
     image, truth = make_phantom(PhantomConfig(seed=args.seed))
     annotation = SparseAnnotation.from_dense(truth)
     bar, progress = _stderr_progress("demo")
@@ -258,7 +258,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from rada.evaluation import evaluate_paths, format_table, write_csv
 
-    _check_outputs((args.csv, (".csv",)))
+    _check_outputs((args.csv, None))
     rows, summary = evaluate_paths(args.pred, args.gt)
     if args.csv:
         write_csv(rows, args.csv)
@@ -405,7 +405,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from rada.io import read_annotation, read_volume, write_volume
     from rada.safe_write import VOLUME_SUFFIXES, OutputSet
 
-    _check_outputs((args.out, VOLUME_SUFFIXES), (args.probability, VOLUME_SUFFIXES), (args.report, (".json",)))
+    _check_outputs((args.out, VOLUME_SUFFIXES), (args.probability, VOLUME_SUFFIXES), (args.report, None))
     image = read_volume(args.image)
     annotation = read_annotation(args.annotation, reference=image) if args.annotation else None
     t0 = time.perf_counter()

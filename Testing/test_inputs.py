@@ -296,6 +296,36 @@ def test_read_only_folder_is_refused_with_the_users_path(case, tmp_path, capsys)
         ro.chmod(0o755)
 
 
+def test_read_only_folder_simulated_for_root_too(case, tmp_path, capsys, monkeypatch):
+    """The preflight really tries to create a file, so a folder the OS refuses is caught before the work."""
+    import rada.safe_write as safe_write
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_open = os.open
+
+    def refusing_open(path, flags, mode=0o777, *args, **kwargs):
+        if Path(path).parent == ro:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    monkeypatch.setattr(safe_write.os, "open", refusing_open)
+    _fails_cleanly(["segment", case.image, "--annotation", case.sparse, "--out", ro / "seg.nii.gz"], capsys,
+                   f"cannot write {ro / 'seg.nii.gz'}: Permission denied", tmp_path, before_work=True)
+    assert os.listdir(ro) == []
+
+
+def test_any_os_error_is_exit_2_with_one_line(case, tmp_path, capsys, monkeypatch):
+    import rada.evaluation
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "scratch"))
+
+    monkeypatch.setattr(rada.evaluation, "evaluate_paths", disk_full)
+    _fails_cleanly(["evaluate", case.label, case.label], capsys,
+                   f"{tmp_path / 'scratch'}: No space left on device", tmp_path)
+
+
 def test_failure_while_writing_leaves_nothing_and_names_the_users_path(case, tmp_path, capsys, monkeypatch):
     real_replace = os.replace
 

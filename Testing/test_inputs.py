@@ -379,3 +379,14 @@ def test_gzip_nifti_check_reads_the_whole_stream(ct_dir, tmp_path):
     (tmp_path / "two.nii.gz").write_bytes(gzip.compress(raw[:half]) + gzip.compress(raw[half:]))
     assert read_volume(tmp_path / "two.nii.gz").same_grid(read_volume(ct_dir / "image.nii.gz"))
     assert sitk.ReadImage(str(tmp_path / "two.nii.gz")).GetSize() == (122, 101, 112)
+
+
+def test_building_the_cli_does_not_load_torch():
+    """A one-line error must come at once: torch (seconds, ~1 GB) loads only for the commands that use it."""
+    import subprocess
+
+    code = "import sys; from rada.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -525,8 +525,8 @@ def _run_weights_list(args: argparse.Namespace) -> int:
 
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
-    from rada.guidance.weights import DEFAULT_VARIANT, VARIANTS
-
+    # Not importing rada.guidance here: it loads torch, which would cost every `rada` call
+    # (and every one-line error) seconds; the encoder name is checked when embed runs.
     p = sub.add_parser("embed", help="Alpha-CLIP text + per-view visual embeddings, computed once (cache file)",
                        description="Compute the frozen dual encoder's guidance embeddings once: the prompt's "
                                    "text embedding and, per view, the mean visual embedding of the labeled "
@@ -540,7 +540,8 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default=None,
                    help="text prompt (default: 'An image containing the {organ}, with the rest being background')")
     p.add_argument("--out", default=None, help="embeddings file (.npz)")
-    p.add_argument("--encoder", default=DEFAULT_VARIANT, choices=sorted(VARIANTS), help="weights variant in the cache")
+    p.add_argument("--encoder", default=None,
+                   help="weights variant in the cache (default alpha-clip-b16-grit1m; see rada weights list)")
     p.add_argument("--openai", default=None, help="use this OpenAI ViT-B-16.pt instead of the cache")
     p.add_argument("--visual", default=None, help="use this Alpha-CLIP visual checkpoint instead of the cache")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
@@ -555,7 +556,11 @@ def _run_embed(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rada.guidance import compute_embeddings, embed_dataset, save_embeddings
-    from rada.guidance.weights import ResolvedWeights, sha256_file
+    from rada.guidance.weights import DEFAULT_VARIANT, VARIANTS, ResolvedWeights, sha256_file
+
+    args.encoder = args.encoder or DEFAULT_VARIANT
+    if args.encoder not in VARIANTS:
+        raise InputError(f"unknown --encoder {args.encoder!r}; use one of {', '.join(sorted(VARIANTS))}")
 
     weights = None
     if args.openai or args.visual:

@@ -92,14 +92,13 @@ def check_output(path: str | os.PathLike, allowed: Sequence[str] | None = None) 
 def _probe_writable(target: Path, base: Path) -> None:
     """Really create (and remove at once) what the write will create: a file in the target's
     folder, or the first missing folder. Permission bits alone mislead (root, /proc, ACLs)."""
-    first_missing = target.parent if target.parent == base else next(
-        p for p in reversed(target.parents) if p.parent == base and p != base)  # Path(".").parent is "."
     try:
-        if first_missing == target.parent:
+        if target.parent == base:
             probe = base / f"{TMP_PREFIX}{secrets.token_hex(6)}.probe"
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             os.unlink(probe)
-        else:
+        else:  # Path(".") is its own parent, hence p != base
+            first_missing = next(p for p in reversed(target.parents) if p.parent == base and p != base)
             first_missing.mkdir()
             first_missing.rmdir()
     except OSError as exc:

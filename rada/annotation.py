@@ -208,11 +208,41 @@ def _parse_slices(slices: str | Mapping[str, int | Sequence[int]], shape: Sequen
     return out
 
 
-def as_annotation(labels: Volume) -> SparseAnnotation:
+def check_annotation_values(labels: Volume, what: str = "annotation") -> Volume:
+    """Refuse label values an annotation cannot hold; return the labels as uint8.
+
+    Only 0, 1 and 255 are meaningful. Anything else (511, 255.4, -1, 2 ...) is refused
+    rather than read as "painted": a wrong "not annotated" value would otherwise turn the
+    whole volume into a painting.
+
+    Args:
+        labels: the annotation or painting as read from its file.
+        what: how to name it in the message (usually its path).
+
+    Raises:
+        InputError: with the offending values.
+    """
+    array = np.asarray(labels.array)
+    if array.dtype == bool:
+        return labels.with_array(array.astype(np.uint8))
+    values = np.unique(array)
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        raise InputError(f"{what} has NaN or infinite values; expected 0/1 (a painting) or 0/1/255 "
+                         f"(a sparse annotation, 255 = not annotated)")
+    bad = [v for v in values.tolist() if v not in (BACKGROUND, FOREGROUND, IGNORE)]
+    if bad:
+        shown = ", ".join(f"{v:g}" for v in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise InputError(f"{what} has values {shown}; expected 0/1 (a painting) or 0/1/255 "
+                         f"(a sparse annotation, 255 = not annotated)")
+    return labels if array.dtype == np.uint8 else labels.with_array(array.astype(np.uint8))
+
+
+def as_annotation(labels: Volume, what: str = "annotation") -> SparseAnnotation:
     """A label volume as a sparse annotation: 0/1/255 as is; a plain 0/1 mask is a painting.
 
-    Any value > 0 other than 255 counts as painted when no voxel is 255.
+    Values other than 0, 1 and 255 are refused (:func:`check_annotation_values`).
     """
+    labels = check_annotation_values(labels, what)
     if (labels.array == IGNORE).any():
         return SparseAnnotation(labels)
     return from_painting(labels)

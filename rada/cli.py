@@ -23,22 +23,48 @@ def _print_json(obj: object) -> None:
     sys.stdout.write("\n")
 
 
-def _emit_report(report: dict, path: str | None) -> None:
-    """Print the JSON report on stdout and, with ``--report PATH``, write it there atomically."""
+def _stage_report(report: dict, path: str | None, outputs) -> None:
+    """With ``--report PATH``, stage the JSON report in ``outputs`` (written with the other outputs)."""
     if path:
-        from rada.io import atomic_path
+        outputs.stage(path).write_text(json.dumps(report, indent=2, default=float))
 
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(report, indent=2, default=float))
-    _print_json(report)
+
+def _check_outputs(*paths: tuple[str | None, tuple[str, ...] | None]) -> None:
+    """Fail at once, before any work, if an output cannot be written (unknown format, no permission...)."""
+    from rada.safe_write import check_output
+
+    for path, allowed in paths:
+        if path:
+            check_output(path, allowed)
 
 
 # --- subcommands ------------------------------------------------------------------------
 # (each: an _add_* that builds the parser and sets ``func``)
 
 
+class _LineProgress:
+    """Progress for a log file or pipe: one plain line per new stage, no carriage returns."""
+
+    def __init__(self, desc: str):
+        self.desc, self.stage = desc, None
+
+    def update(self, fraction: float, stage: str, message: str) -> None:
+        if stage != self.stage:
+            self.stage = stage
+            print(f"{self.desc}: {round(100 * fraction):3d}% {stage}: {message}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
 def _stderr_progress(desc: str):
-    """A tqdm bar on stderr driven by progress(fraction, stage, message) callbacks."""
+    """Progress on stderr driven by progress(fraction, stage, message) callbacks.
+
+    A tqdm bar on a terminal; one line per stage otherwise, so logs hold no ``\\r`` redraws.
+    """
+    if not sys.stderr.isatty():
+        lines = _LineProgress(desc)
+        return lines, lines.update
     from tqdm import tqdm
 
     bar = tqdm(total=100, desc=desc, unit="%", file=sys.stderr, leave=False,
@@ -68,21 +94,29 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from rada.io import read_annotation, read_volume, write_volume
+    from rada.io import Segment, Segmentation, load_annotation, read_volume, write_segmentation, write_volume
     from rada.pipeline import SegmentConfig, segment_case
+    from rada.safe_write import VOLUME_SUFFIXES, OutputSet
 
+    _check_outputs((args.out, VOLUME_SUFFIXES), (args.report, None))
     image = read_volume(args.image)
-    annotation = read_annotation(args.annotation, args.segment)
+    painted = load_annotation(args.annotation, args.segment, reference=image)
     bar, progress = _stderr_progress("segment")
     try:
-        result = segment_case(image, annotation,
+        result = segment_case(image, painted.annotation,
                               SegmentConfig(preset=args.preset, device=args.device, model=args.model),
                               progress=progress)
     finally:
         bar.close()
-    write_volume(result.label, args.out)
     report = {"out": str(args.out), **result.report}
-    _emit_report(report, args.report)
+    with OutputSet() as outputs:  # the label and the report are written together or not at all
+        if painted.segment_name and args.out.lower().endswith(".seg.nrrd"):
+            segment = Segment(painted.segment_name, result.label.array > 0, painted.color or (0.9, 0.4, 0.3))
+            write_segmentation(Segmentation(result.label, [segment]), args.out, outputs=outputs)
+        else:
+            write_volume(result.label, args.out, outputs=outputs)
+        _stage_report(report, args.report, outputs)
+    _print_json(report)
     return 0
 
 
@@ -107,9 +141,11 @@ def _add_propagate(sub: argparse._SubParsersAction) -> None:
 def _run_propagate(args: argparse.Namespace) -> int:
     from rada.io import read_annotation, read_volume, write_volume
     from rada.propagation import PropagationConfig, propagate, save_propagation
+    from rada.safe_write import VOLUME_SUFFIXES
 
+    _check_outputs((args.out, None), (args.fused, VOLUME_SUFFIXES))
     image = read_volume(args.image)
-    annotation = read_annotation(args.annotation).validate(image)
+    annotation = read_annotation(args.annotation, reference=image).validate(image)
     config = PropagationConfig(transform=args.transform, preset=args.preset, workers=args.workers,
                                seed=args.seed, crop=not args.no_crop)
     bar, progress = _stderr_progress("propagate")
@@ -140,13 +176,17 @@ def _run_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rada.annotation import SparseAnnotation
-    from rada.io import Segment, Segmentation, atomic_path, write_segmentation, write_volume
+    from rada.io import Segment, Segmentation, write_segmentation, write_volume
     from rada.metrics import evaluate
     from rada.phantom import PhantomConfig, make_phantom
     from rada.pipeline import SegmentConfig, segment_case
+    from rada.safe_write import OutputSet
     from rada.shape_prior import visual_hull
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"cannot write into {out}: it is a file, not a folder")
+    _check_outputs((str(out / "report.json"), None))
     image, truth = make_phantom(PhantomConfig(seed=args.seed))
     annotation = SparseAnnotation.from_dense(truth)
     bar, progress = _stderr_progress("demo")
@@ -157,20 +197,20 @@ def _run_demo(args: argparse.Namespace) -> int:
     spacing = image.spacing[::-1]
     scores = evaluate(result.label.array, truth.array, spacing)
     hull = evaluate(visual_hull(annotation), truth.array, spacing)
-    files = {
-        "image": write_volume(image, out / "image.nrrd"),
-        "annotation": write_volume(annotation.labels, out / "annotation.nrrd"),
-        "segmentation": write_segmentation(
-            Segmentation(image, [Segment("organ", result.label.array > 0, (0.9, 0.5, 0.3))]),
-            out / "segmentation.seg.nrrd"),
-        "truth": write_volume(truth, out / "truth.nrrd"),
-    }
-    summary = {"dice": round(scores.dice, 4), "hd95_mm": round(scores.hd95_mm, 2),
-               "baseline_extrude_intersect_dice": round(hull.dice, 4),
-               "seconds": result.report["timings_s"]["total"],
-               "files": {k: str(v) for k, v in files.items()}, "report": result.report}
-    with atomic_path(out / "report.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=float))
+    with OutputSet() as outputs:
+        files = {
+            "image": write_volume(image, out / "image.nrrd", outputs=outputs),
+            "annotation": write_volume(annotation.labels, out / "annotation.nrrd", outputs=outputs),
+            "segmentation": write_segmentation(
+                Segmentation(image, [Segment("organ", result.label.array > 0, (0.9, 0.5, 0.3))]),
+                out / "segmentation.seg.nrrd", outputs=outputs),
+            "truth": write_volume(truth, out / "truth.nrrd", outputs=outputs),
+        }
+        summary = {"dice": round(scores.dice, 4), "hd95_mm": round(scores.hd95_mm, 2),
+                   "baseline_extrude_intersect_dice": round(hull.dice, 4),
+                   "seconds": result.report["timings_s"]["total"],
+                   "files": {k: str(v) for k, v in files.items()}, "report": result.report}
+        outputs.stage(out / "report.json").write_text(json.dumps(summary, indent=2, default=float))
     print(f"RADA demo: phantom organ segmented from 3 painted slices in {summary['seconds']:.2f} s",
           file=sys.stderr)
     print(f"  Dice {scores.dice:.4f} (extrude-intersect baseline {hull.dice:.4f}), HD95 {scores.hd95_mm:.2f} mm",
@@ -195,7 +235,9 @@ def _add_prepare_sparse(sub: argparse._SubParsersAction) -> None:
 def _run_prepare_sparse(args: argparse.Namespace) -> int:
     from rada.annotation import SparseAnnotation
     from rada.io import read_volume, write_volume
+    from rada.safe_write import VOLUME_SUFFIXES
 
+    _check_outputs((args.out, VOLUME_SUFFIXES))
     sparse = SparseAnnotation.from_dense(read_volume(args.label), args.slices, args.label_value)
     write_volume(sparse.labels, args.out)
     _print_json({"out": str(args.out), "slices": sparse.slices()})
@@ -216,6 +258,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from rada.evaluation import evaluate_paths, format_table, write_csv
 
+    _check_outputs((args.csv, None))
     rows, summary = evaluate_paths(args.pred, args.gt)
     if args.csv:
         write_csv(rows, args.csv)
@@ -360,20 +403,24 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     from rada.infer import InferenceConfig, predict
     from rada.io import read_annotation, read_volume, write_volume
+    from rada.safe_write import VOLUME_SUFFIXES, OutputSet
 
+    _check_outputs((args.out, VOLUME_SUFFIXES), (args.probability, VOLUME_SUFFIXES), (args.report, None))
     image = read_volume(args.image)
-    annotation = read_annotation(args.annotation) if args.annotation else None
+    annotation = read_annotation(args.annotation, reference=image) if args.annotation else None
     t0 = time.perf_counter()
     result = predict(image, args.model, InferenceConfig(stride=args.stride, blending=args.blending,
                                                         batch_size=args.batch_size, view=args.view,
                                                         device=args.device), annotation=annotation)
-    write_volume(result.label, args.out)
-    if args.probability:
-        write_volume(result.probability, args.probability)
     report = {"out": str(args.out), "seconds": round(time.perf_counter() - t0, 3),
               "foreground_voxels": int(result.label.array.sum()),
               **{k: v for k, v in result.info.items()}}
-    _emit_report(report, args.report)
+    with OutputSet() as outputs:
+        write_volume(result.label, args.out, outputs=outputs)
+        if args.probability:
+            write_volume(result.probability, args.probability, outputs=outputs)
+        _stage_report(report, args.report, outputs)
+    _print_json(report)
     return 0
 
 
@@ -481,8 +528,8 @@ def _run_weights_list(args: argparse.Namespace) -> int:
 
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
-    from rada.guidance.weights import DEFAULT_VARIANT, VARIANTS
-
+    # Not importing rada.guidance here: it loads torch, which would cost every `rada` call
+    # (and every one-line error) seconds; the encoder name is checked when embed runs.
     p = sub.add_parser("embed", help="Alpha-CLIP text + per-view visual embeddings, computed once (cache file)",
                        description="Compute the frozen dual encoder's guidance embeddings once: the prompt's "
                                    "text embedding and, per view, the mean visual embedding of the labeled "
@@ -496,7 +543,8 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default=None,
                    help="text prompt (default: 'An image containing the {organ}, with the rest being background')")
     p.add_argument("--out", default=None, help="embeddings file (.npz)")
-    p.add_argument("--encoder", default=DEFAULT_VARIANT, choices=sorted(VARIANTS), help="weights variant in the cache")
+    p.add_argument("--encoder", default=None,
+                   help="weights variant in the cache (default alpha-clip-b16-grit1m; see rada weights list)")
     p.add_argument("--openai", default=None, help="use this OpenAI ViT-B-16.pt instead of the cache")
     p.add_argument("--visual", default=None, help="use this Alpha-CLIP visual checkpoint instead of the cache")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
@@ -511,7 +559,11 @@ def _run_embed(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rada.guidance import compute_embeddings, embed_dataset, save_embeddings
-    from rada.guidance.weights import ResolvedWeights, sha256_file
+    from rada.guidance.weights import DEFAULT_VARIANT, VARIANTS, ResolvedWeights, sha256_file
+
+    args.encoder = args.encoder or DEFAULT_VARIANT
+    if args.encoder not in VARIANTS:
+        raise InputError(f"unknown --encoder {args.encoder!r}; use one of {', '.join(sorted(VARIANTS))}")
 
     weights = None
     if args.openai or args.visual:
@@ -523,6 +575,9 @@ def _run_embed(args: argparse.Namespace) -> int:
                 raise InputError(f"no such file: {f}")
         weights = ResolvedWeights("files", files[0], files[1] if len(files) > 1 else None,
                                   {f.name: sha256_file(f) for f in files})
+    for given in [*args.inputs, *(args.annotation or [])]:
+        if not Path(given).exists():
+            raise InputError(f"no such file or folder: {given}")
     first = Path(args.inputs[0])
     dataset_mode = len(args.inputs) == 1 and (first.is_dir() or first.name == "dataset.json")
     t0 = time.perf_counter()
@@ -583,6 +638,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Optional packages -> the ``pip install "rada[EXTRA]"`` extra that brings them.
+_EXTRAS = {"fastapi": "server", "uvicorn": "server", "httpx": "server", "multipart": "server",
+           "python_multipart": "server", "open_clip": "guidance", "torchvision": "guidance",
+           "matplotlib": "plots"}
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> str:
+    """One line for a missing optional package: which extra installs it."""
+    module = (exc.name or "").split(".")[0]
+    extra = _EXTRAS.get(module)
+    if extra is None:
+        return f"the Python package {module or exc} is missing (pip install {module})"
+    return f"this command needs the '{extra}' extra ({module} is missing): pip install \"rada[{extra}]\""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -590,6 +660,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except InputError as exc:
         print(f"rada {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permission denied, ...: the user's environment, not a bug
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"rada {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        print(f"rada {args.command}: error: {_missing_extra(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rada {args.command}: interrupted", file=sys.stderr)

@@ -2,14 +2,14 @@
 
 Volumes go through SimpleITK (NIfTI, NRRD, MHA/MHD, a DICOM series folder); Slicer
 ``.seg.nrrd`` files go through slicerio. Every writer is atomic: it writes a temporary file
-beside the target and renames it, so a failure never leaves a partial output behind.
+beside the target and renames it, so a failure never leaves a partial output behind
+(:mod:`rada.safe_write`); every reader checks its input first (:mod:`rada.inputs`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -17,8 +17,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from rada.annotation import SparseAnnotation, as_annotation
+from rada import safe_write
+from rada.annotation import IGNORE, SparseAnnotation, as_annotation, check_annotation_values
 from rada.errors import InputError
+from rada.inputs import MIB, ReadLimits, check_data_complete, check_finite, place_on_grid, probe_image_file
+from rada.safe_write import VOLUME_SUFFIXES, OutputSet
 from rada.volume import Volume
 
 SEG_NRRD_SUFFIX = ".seg.nrrd"
@@ -28,67 +31,109 @@ def _is_seg_nrrd(path: Path) -> bool:
     return path.name.lower().endswith(SEG_NRRD_SUFFIX)
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
+def _series_files(folder: Path) -> list[str]:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"no DICOM series in folder {folder}")
+    if len(series) > 1:
+        raise InputError(f"{len(series)} DICOM series in folder {folder}; point to a folder with one")
+    return list(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+
+
+def read_volume(path: str | os.PathLike, limits: ReadLimits | None = None) -> Volume:
     """Read a scalar 3D volume from a file (any SimpleITK format) or a DICOM series folder.
 
-    A ``.seg.nrrd`` with one segment is read as a 0/1 label volume.
+    The header is checked first (3D, scalar, under ``limits``), then the data are checked
+    to be complete (see :mod:`rada.inputs`) and finite. A ``.seg.nrrd`` with one segment is
+    read as a 0/1 label volume.
+
+    Raises:
+        InputError: one line naming ``path``: missing, unreadable, truncated, too large,
+            not scalar 3D, or holding NaN/Inf voxels.
     """
     p = Path(path)
+    limits = limits or ReadLimits()
     if not p.exists():
         raise InputError(f"no such file or folder: {p}")
     if _is_seg_nrrd(p):
-        return read_segmentation(p).labelmap()
+        return read_segmentation(p, limits).labelmap()
     try:
         if p.is_dir():
+            files = _series_files(p)
+            first = probe_image_file(Path(files[0]), limits)
+            if first.nbytes * len(files) > limits.max_volume_bytes:
+                raise InputError(f"DICOM series in {p} holds {len(files)} slices of {first.nbytes / MIB:.1f} MiB, "
+                                 f"over the limit of {limits.max_volume_bytes / MIB:.0f} MiB "
+                                 f"(set RADA_MAX_VOLUME_MB to raise it)")
             reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(p))
-            if not series:
-                raise InputError(f"no DICOM series in folder {p}")
-            if len(series) > 1:
-                raise InputError(f"{len(series)} DICOM series in folder {p}; point to a folder with one")
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(p), series[0]))
+            reader.SetFileNames(files)
             image = reader.Execute()
+        elif not p.is_file():
+            raise InputError(f"cannot read {p}: not a regular file")
         else:
+            info = probe_image_file(p, limits)
+            check_data_complete(p, info)
             image = sitk.ReadImage(str(p))
+            if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+                image = image[:, :, :, 0]
     except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
-        first = str(exc).strip().splitlines()
-        raise InputError(f"cannot read {p}: {first[-1] if first else 'unknown format'}") from None
-    return Volume.from_sitk(image)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the full suffix (e.g. .nii.gz) so writers pick the right format from the name.
-    suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name.split('.')[0]}-", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates 0600 files; give outputs the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+        first_lines = str(exc).strip().splitlines()
+        raise InputError(f"cannot read {p}: {first_lines[-1] if first_lines else 'unknown format'}") from None
+    except OSError as exc:  # permission denied, I/O error while checking the data
+        raise InputError(f"cannot read {p}: {exc.strerror or exc}") from None
     try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        volume = Volume.from_sitk(image)
+    except InputError as exc:
+        raise InputError(f"{p}: {exc}") from None
+    return check_finite(volume, str(p))
 
 
-def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Write a volume atomically; the format follows the file name (``.nii.gz``, ``.nrrd``, ``.mha``...)."""
+def atomic_path(path: str | os.PathLike, allowed: Sequence[str] | None = None):
+    """Yield a temporary path beside ``path``; it becomes ``path`` only if the block succeeds.
+
+    See :func:`rada.safe_write.atomic_path` (kept here, where the writers live).
+    """
+    return safe_write.atomic_path(path, allowed)
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True,
+                 outputs: OutputSet | None = None) -> Path:
+    """Write a volume; the format follows the file name (``.nii.gz``, ``.nrrd``, ``.mha``, ``.seg.nrrd``).
+
+    Args:
+        volume: what to write (geometry kept exactly).
+        path: the target, taken literally (``x.nii.nii.gz`` is written as that name).
+        compress: compress the data where the format allows.
+        outputs: stage the file in this :class:`~rada.safe_write.OutputSet` (renamed when
+            the set commits); without it the file is written atomically on its own.
+
+    Raises:
+        InputError: unknown format, unwritable place, or a writer error, naming ``path``.
+    """
     target = Path(path)
     if _is_seg_nrrd(target):
-        return write_segmentation(Segmentation.from_labelmap(volume), target)
-    with atomic_path(target) as tmp:
+        return write_segmentation(Segmentation.from_labelmap(volume), target, outputs=outputs)
+    with _staging(outputs) as out:
+        tmp = out.stage(target, VOLUME_SUFFIXES)
         try:
             sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=compress)
         except RuntimeError as exc:
-            raise InputError(f"cannot write {target}: {str(exc).strip().splitlines()[-1]}") from None
+            reason = str(exc).strip().splitlines()[-1].replace(str(tmp), str(target))  # the user's name only
+            raise InputError(f"cannot write {target}: {reason}") from None
+        if tmp.stat().st_size == 0:
+            raise InputError(f"cannot write {target}: the writer produced an empty file")
     return target
+
+
+@contextlib.contextmanager
+def _staging(outputs: OutputSet | None) -> Iterator[OutputSet]:
+    """The caller's output set, or a fresh one committed at the end of the block."""
+    if outputs is not None:
+        yield outputs
+    else:
+        with OutputSet() as own:
+            yield own
 
 
 @dataclass
@@ -139,17 +184,22 @@ def _ijk_to_lps(volume: Volume) -> np.ndarray:
     return m
 
 
-def read_segmentation(path: str | os.PathLike) -> Segmentation:
-    """Read a Slicer ``.seg.nrrd`` (any layout, overlapping segments included) with slicerio."""
+def read_segmentation(path: str | os.PathLike, limits: ReadLimits | None = None) -> Segmentation:
+    """Read a Slicer ``.seg.nrrd`` (any layout, overlapping segments included) with slicerio.
+
+    The header's declared size is checked against ``limits`` before the voxels are read.
+    """
     import slicerio
 
     p = Path(path)
     if not p.exists():
         raise InputError(f"no such file: {p}")
+    check_data_complete(p, probe_image_file(p, limits or ReadLimits(), scalar_3d=False, what="segmentation "))
     try:
         seg = slicerio.read_segmentation(str(p))
     except Exception as exc:  # slicerio/pynrrd raise several types for malformed files
-        raise InputError(f"cannot read segmentation {p}: {exc}") from None
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"cannot read segmentation {p}: {reason}") from None
     voxels = np.asarray(seg["voxels"])
     ijk_to_lps = np.asarray(seg["ijkToLPS"], dtype=float)
     spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
@@ -171,8 +221,12 @@ def read_segmentation(path: str | os.PathLike) -> Segmentation:
     return Segmentation(reference, segments)
 
 
-def write_segmentation(segmentation: Segmentation, path: str | os.PathLike) -> Path:
-    """Write a Slicer ``.seg.nrrd`` atomically (segments may overlap; slicerio adds layers)."""
+def write_segmentation(segmentation: Segmentation, path: str | os.PathLike,
+                       outputs: OutputSet | None = None) -> Path:
+    """Write a Slicer ``.seg.nrrd`` atomically (segments may overlap; slicerio adds layers).
+
+    ``outputs``: stage the file in this output set instead of committing it at once.
+    """
     import slicerio
 
     ref = segmentation.reference
@@ -185,22 +239,64 @@ def write_segmentation(segmentation: Segmentation, path: str | os.PathLike) -> P
             info["id"] = s.segment_id
         slicerio.add_segment(seg, np.asarray(s.mask, bool).transpose(2, 1, 0), info)
     target = Path(path)
-    with atomic_path(target) as tmp:
-        slicerio.write_segmentation(str(tmp), seg)
+    with _staging(outputs) as out:
+        slicerio.write_segmentation(str(out.stage(target, (SEG_NRRD_SUFFIX,))), seg)
     return target
 
 
-def read_annotation(path: str | os.PathLike, segment: str | None = None) -> SparseAnnotation:
+@dataclass
+class PaintedAnnotation:
+    """An annotation as read from a file, with the painted segment's name and colour if it had one."""
+
+    annotation: SparseAnnotation
+    segment_name: str | None = None
+    color: tuple[float, float, float] | None = None
+
+
+def load_annotation(path: str | os.PathLike, segment: str | None = None,
+                    reference: Volume | None = None, limits: ReadLimits | None = None) -> PaintedAnnotation:
     """Read a sparse annotation (0/1/255 volume) or a painting (0/1 volume or ``.seg.nrrd``).
 
-    For a ``.seg.nrrd`` with several segments, ``segment`` names the painted one.
+    Args:
+        path: the annotation file.
+        segment: the painted segment's name or id in a ``.seg.nrrd`` with several.
+        reference: the image grid. A painting saved on a sub-box of it (Slicer crops
+            ``.seg.nrrd`` files to their extent) is placed onto it when spacing and
+            direction agree and the box lies inside; otherwise the grid is left as read
+            and the caller's geometry check reports the difference.
+        limits: size limit for the file.
+
+    Returns:
+        The annotation and, for a ``.seg.nrrd``, the painted segment's name and colour.
+
+    Raises:
+        InputError: unreadable file, values other than 0/1/255, or no/ambiguous segment.
     """
     p = Path(path)
+    name = color = None
     if _is_seg_nrrd(p):
-        seg = read_segmentation(p)
+        seg = read_segmentation(p, limits)
+        if not seg.segments:
+            raise InputError(f"{p} has no segments: paint the structure in a segment of Slicer's "
+                             f"Segment Editor and save the segmentation again")
         if segment is None and len(seg.segments) != 1:
-            names = ", ".join(s.name for s in seg.segments) or "none"
-            raise InputError(f"{p.name} has {len(seg.segments)} segments ({names}); name the painted one")
+            names = ", ".join(repr(s.name) for s in seg.segments)
+            raise InputError(f"{p} has {len(seg.segments)} segments ({names}); pick the painted one with "
+                             f"--segment NAME")
         chosen = seg.segment(segment) if segment else seg.segments[0]
-        return as_annotation(seg.reference.with_array(chosen.mask.astype(np.uint8)))
-    return as_annotation(read_volume(p))
+        labels, name, color = seg.reference.with_array(chosen.mask.astype(np.uint8)), chosen.name, chosen.color
+    else:
+        labels = read_volume(p, limits)
+    labels = check_annotation_values(labels, str(p))
+    if reference is not None and not labels.same_grid(reference) and not (labels.array == IGNORE).any():
+        # Only paintings: in a sparse annotation, voxels outside the box would be unknown (255),
+        # which would unmark the annotated slices instead of completing them.
+        placed = place_on_grid(labels, reference, fill=0)
+        labels = placed if placed is not None else labels
+    return PaintedAnnotation(as_annotation(labels, str(p)), name, color)
+
+
+def read_annotation(path: str | os.PathLike, segment: str | None = None,
+                    reference: Volume | None = None) -> SparseAnnotation:
+    """Read a sparse annotation or a painting (see :func:`load_annotation`)."""
+    return load_annotation(path, segment, reference).annotation

@@ -18,7 +18,8 @@ an ``X-RADA-Protocol`` header; errors are ``{"detail": "one line"}``):
 ``GET /openapi.json``      the schema (token required like the rest)
 =========================  ============================================================
 
-Status codes: 400 bad input (malformed NRRD, bad options), 401 token, 404 unknown job,
+Status codes: 400 bad input (malformed NRRD or form, NaN voxels, annotation values other than
+0/1/255), 422 invalid job options (checked at submit), 401 token, 404 unknown job,
 409 wrong state or protocol skew, 413 upload or volume too large, 503 queue full.
 """
 
@@ -41,10 +42,13 @@ from typing import Any, AsyncIterator, Mapping
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.concurrency import run_in_threadpool
 
 from rada import __version__
+from rada.annotation import check_annotation_values
 from rada.errors import InputError
+from rada.inputs import check_finite
 from rada.service import PROTOCOL_HEADER, PROTOCOL_VERSION
 from rada.service.codec import CodecError, VolumeTooLargeError, decode_nrrd
 from rada.service.jobs import FINISHED, DONE, Job, JobManager, QueueFullError, Runner, list_models
@@ -55,6 +59,8 @@ log = logging.getLogger("rada.service")
 FIELD_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 MAX_FILES = 8
+FORM_HINT = ("send multipart/form-data with the fields kind and options (JSON text) and the NRRD "
+             "files image and annotation")
 MAX_OPTIONS_BYTES = 64 * 1024
 SSE_POLL_S = 0.1
 SSE_KEEPALIVE_S = 15.0
@@ -251,10 +257,11 @@ def create_app(settings: ServiceSettings | None = None, runners: Mapping[str, Ru
             form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES, max_part_size=MAX_OPTIONS_BYTES)
         except PayloadTooLarge:
             raise
-        except HTTPException as exc:
-            raise HTTPException(400, f"bad multipart form: {exc.detail}") from None
+        except StarletteHTTPException as exc:  # starlette's own (FastAPI's is a subclass)
+            raise HTTPException(400, f"bad multipart form: {str(exc.detail).rstrip('.')}; {FORM_HINT}") from None
         except Exception as exc:  # noqa: BLE001 - malformed multipart bodies raise several types
-            raise HTTPException(400, f"bad multipart form: {type(exc).__name__}") from None
+            reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+            raise HTTPException(400, f"bad multipart form ({reason}); {FORM_HINT}") from None
         try:
             return await _submit(form)
         finally:
@@ -274,6 +281,12 @@ def create_app(settings: ServiceSettings | None = None, runners: Mapping[str, Ru
             raise HTTPException(400, f"options are not valid JSON: {exc}") from None
         if not isinstance(options, dict):
             raise HTTPException(400, "options must be a JSON object")
+        check = getattr(runners[kind], "check_options", None)
+        if check is not None:  # refuse bad options now (422), not after the job has queued
+            try:
+                check(options, settings)  # the runner checks (and resolves) them again when it runs
+            except InputError as exc:
+                raise HTTPException(422, " ".join(str(exc).split())) from None
         uploads: dict[str, Any] = {}
         for name, value in form.multi_items():
             if name in ("kind", "options"):
@@ -402,11 +415,17 @@ def _store_uploads(uploads: Mapping[str, Any], workdir: Path, max_volume_bytes: 
         upload.file.seek(0)
         data = upload.file.read()
         try:
-            decode_nrrd(data, max_volume_bytes)
+            volume = decode_nrrd(data, max_volume_bytes)
+            # The same value checks as the CLI: finite voxels, annotation values 0/1/255 only.
+            check_finite(volume, name)
+            if name == "annotation":
+                check_annotation_values(volume, name)
         except VolumeTooLargeError as exc:
             raise VolumeTooLargeError(f"{name}: {exc}") from None
         except CodecError as exc:
             raise CodecError(f"{name}: {exc}") from None
+        except InputError as exc:
+            raise InputError(str(exc) if str(exc).startswith(name) else f"{name}: {exc}") from None
         path = workdir / f"{name}.nrrd"
         path.write_bytes(data)
         inputs[name] = path

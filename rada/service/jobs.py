@@ -409,6 +409,39 @@ def list_models(settings: Any) -> list[str]:
     return sorted(set(names))
 
 
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d{1,2})?)$")
+
+
+def check_segment_options(options: Mapping[str, Any], settings: Any) -> dict[str, Any]:
+    """Validate a segment job's options when it is submitted, so a bad one is refused at once.
+
+    Args:
+        options: the client's options (names and types of :data:`SEGMENT_OPTIONS`).
+        settings: the server's settings (for the models folder).
+
+    Returns:
+        The options, with ``model`` resolved to a checkpoint path.
+
+    Raises:
+        InputError: one line naming the option and what is allowed.
+    """
+    from rada.pipeline import PRESETS
+
+    options = _check_options(options, SEGMENT_OPTIONS, "segment")
+    if "preset" in options and options["preset"] not in PRESETS:
+        raise InputError(f"unknown preset {options['preset'][:40]!r}; use one of {', '.join(PRESETS)}")
+    if "device" in options and not _DEVICE_RE.match(options["device"]):
+        raise InputError(f"unknown device {options['device'][:40]!r}; use auto, cpu, cuda or cuda:N")
+    if not 0 <= options.get("margin", 0) <= 256:
+        raise InputError(f"margin must be 0..256 voxels, got {options['margin']}")
+    weight = options.get("model_weight", 1.0)
+    if not (isinstance(weight, (int, float)) and 0 <= weight <= 100):
+        raise InputError(f"model_weight must be a number in 0..100, got {weight!r}")
+    if options.get("model"):
+        options["model"] = str(resolve_model(settings, options["model"]))
+    return options
+
+
 class SegmentRunner:
     """The Segment button: uploads ``image`` + ``annotation``, options of :class:`SegmentConfig`.
 
@@ -417,6 +450,7 @@ class SegmentRunner:
     """
 
     required_inputs = ("image", "annotation")
+    check_options = staticmethod(check_segment_options)
 
     def __init__(self, max_images: int = 4) -> None:
         from collections import OrderedDict
@@ -436,19 +470,24 @@ class SegmentRunner:
                 self._caches.popitem(last=False)
         return cache
 
-    def __call__(self, ctx: JobContext) -> JobOutput:
+    def prepare(self, ctx: JobContext) -> tuple[Volume, Any, Any]:
+        """Options checked, volumes decoded: the image, the annotation and the SegmentConfig."""
         from rada.annotation import as_annotation
-        from rada.pipeline import SegmentConfig, segment_case
+        from rada.pipeline import SegmentConfig
 
-        options = _check_options(ctx.options, SEGMENT_OPTIONS, "segment")
-        if options.get("model"):
-            options["model"] = str(resolve_model(ctx.settings, options["model"]))
+        options = check_segment_options(ctx.options, ctx.settings)
         options.setdefault("device", ctx.settings.device)
         ctx.progress(0.0, "decode", "reading the uploaded volumes")
         image = ctx.volume("image")
-        annotation = as_annotation(ctx.volume("annotation"))  # a sparse annotation or a plain painting
+        annotation = as_annotation(ctx.volume("annotation"), "annotation")  # a sparse annotation or a painting
+        return image, annotation, SegmentConfig(**options).resolved()
+
+    def __call__(self, ctx: JobContext) -> JobOutput:
+        from rada.pipeline import segment_case
+
+        image, annotation, config = self.prepare(ctx)
         ctx.check_cancel()
-        result = segment_case(image, annotation, SegmentConfig(**options), progress=ctx.progress,
+        result = segment_case(image, annotation, config, progress=ctx.progress,
                               cancel=ctx.cancel, cache=self._cache_for(image))
         report = dict(result.report)
         if "model" in report and isinstance(report["model"], dict):
@@ -502,7 +541,19 @@ def run_train_job(ctx: JobContext) -> JobOutput:
     return JobOutput(None, {"model": name, "iterations": result.iterations, "dataset": dataset})
 
 
+def check_train_options(options: Mapping[str, Any], settings: Any) -> dict[str, Any]:
+    """Validate a train job's option names, types and ranges at submit (InputError: one line)."""
+    options = _check_options(options, TRAIN_OPTIONS, "train")
+    for key in ("iterations", "checkpoint_every"):
+        if key in options and options[key] < 1:
+            raise InputError(f"{key} must be at least 1, got {options[key]}")
+    if "device" in options and not _DEVICE_RE.match(options["device"]):
+        raise InputError(f"unknown device {options['device'][:40]!r}; use auto, cpu, cuda or cuda:N")
+    return options
+
+
 run_train_job.required_inputs = ()  # type: ignore[attr-defined]
+run_train_job.check_options = check_train_options  # type: ignore[attr-defined]
 
 
 def default_runners() -> dict[str, Runner]:

@@ -222,7 +222,12 @@ def test_browser_paint_segment_cancel_undo_save(la_case, tmp_path):
             after = read_segmentation(tmp_path / "after_undo.seg.nrrd")
             assert [s.name for s in after.segments] == ["organ"]
             np.testing.assert_array_equal(after.segments[0].mask, painted)
-            time.sleep(0.5)
+            # Undo again: now the last stroke goes (the painted voxel count drops).
+            voxels = web.painted_voxels(painting)
+            page.click("#rada-undo")
+            web.wait_text(page, "#rada-status", "Stroke undone", 30)
+            later = web.wait_stable(page, "#rada-painting", r"voxels", settle_s=1.0, timeout_s=30)
+            assert 0 < web.painted_voxels(later) < voxels, (painting, later)
             shot("5_undone")
             browser.close()
     finally:

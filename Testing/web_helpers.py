@@ -232,3 +232,10 @@ def choose(page, select_id: str, item: str) -> None:
     page.locator(".v-select", has=page.locator(select_id)).locator(".v-field").click()
     page.locator(".v-overlay--active .v-list-item", has_text=item).first.click()
     page.wait_for_function(f"document.querySelector('{select_id}').value == '{item}'", timeout=10_000)
+
+
+def painted_voxels(painting_line: str) -> int:
+    """The painted voxel count of the page's painting line ('... (10524 voxels)')."""
+    found = re.search(r"\((\d+) voxels\)", painting_line)
+    assert found, painting_line
+    return int(found.group(1))

@@ -99,6 +99,7 @@ class RadaWebApp:
         self.editor.set_undo_stack(self.strokes)
         self.session = WebSession(self.slicer_app.scene, _backend(config.session))
         self._job: asyncio.Task | None = None
+        self._strokes_at_result: int | None = None   # stroke-stack position when the result came
         self._upload_dir = tempfile.TemporaryDirectory(prefix="rada-web-")
         self._init_state()
         self._build_ui()
@@ -124,7 +125,6 @@ class RadaWebApp:
         s.rada_status = "Open a volume to start."
         s.rada_painting = ""
         s.rada_error = ""
-        s.rada_can_undo = False
         s.rada_path = self.config.image
         s.rada_save_name = "rada_result.seg.nrrd"
         s.rada_upload = None
@@ -219,9 +219,10 @@ class RadaWebApp:
             # 3D opacity is below 1 then disappears.
             view.renderer().SetUseDepthPeeling(False)
         self._on_tool(self.state.rada_tool)
+        self.strokes.clear()  # set_active_segmentation clears it too; strokes of another volume never apply
+        self._strokes_at_result = None
         with self.state:
             self.state.rada_loaded = True
-            self.state.rada_can_undo = False
             self.state.rada_error = ""
             self.state.rada_status = (f"Loaded {node.GetName()}. Paint the structure on one slice of each "
                                       f"view, then press Segment.")
@@ -304,7 +305,6 @@ class RadaWebApp:
             text += f" | {painting.error}"
         with self.state:
             self.state.rada_painting = text
-            self.state.rada_can_undo = self.session.can_undo
 
     def segment(self) -> None:
         """Start Segment on what is painted (progress and Cancel while it runs)."""
@@ -336,6 +336,7 @@ class RadaWebApp:
                     await asyncio.sleep(POLL_S)
             if task.state == "done":
                 self.session.apply(task)
+                self._strokes_at_result = self.strokes.index()
                 for view in self.slicer_app.view_manager.get_threed_views():
                     view.fit_view_to_content()
             self._report(None, task.status_line())
@@ -356,11 +357,13 @@ class RadaWebApp:
             self._report(exc)
 
     def undo(self) -> None:
-        """Undo the last result if it is the newest change, else the last paint stroke."""
-        if self.session.can_undo:
+        """Undo the newest change: the last result if no stroke came after it, else the last stroke."""
+        result_is_newest = self._strokes_at_result is not None and self.strokes.index() <= self._strokes_at_result
+        if self.session.can_undo and result_is_newest:
             self.session.undo()
+            self._strokes_at_result = None
             self._report(None, "Result undone (the painting is kept).")
-        elif self.strokes.canUndo():
+        elif self.strokes.can_undo():
             self.strokes.undo()
             self._report(None, "Stroke undone.")
         else:

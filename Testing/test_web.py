@@ -171,11 +171,11 @@ def test_browser_paint_segment_cancel_undo_save(la_case, tmp_path):
             t = time.monotonic()
             page.click("#rada-paint")
             brush_mm = BRUSH_MM[2]  # the page's default brush
-            sections = {}
+            sections, strokes = {}, 0
             for name, view in maps.items():
                 sections[name] = web.cross_section(truth, view)
-                web.stroke_fill(page, sections[name], view, brush_voxels=brush_mm / truth.spacing[0])
-            painting = web.wait_stable(page, "#rada-painting", r"sagittal \(I\): \d", settle_s=1.5, timeout_s=60)
+                strokes += web.stroke_fill(page, sections[name], view, brush_voxels=brush_mm / truth.spacing[0])
+            painting = web.wait_strokes_drawn(page, strokes)
             timings["paint 3 views (strokes until drawn)"] = time.monotonic() - t
             shot("2_painted")
             for name, view in maps.items():

@@ -188,8 +188,8 @@ def stroke_fill(page, section: np.ndarray, view: ViewMap, brush_voxels: float, s
         edges = np.flatnonzero(np.diff(np.concatenate([[0], line.astype(np.int8), [0]])))
         for start, stop in zip(edges[::2], edges[1::2]):
             first, last = start + radius * 0.7, stop - 1 - radius * 0.7
-            if last < first:
-                first = last = (start + stop - 1) / 2
+            if last < first:  # a short run: a short drag at its middle (a drag, so the stroke counts)
+                first, last = (start + stop - 1) / 2 - 0.5, (start + stop - 1) / 2 + 0.5
             x0, y0 = view.screen(first, row)
             x1, y1 = view.screen(last, row)
             page.mouse.move(x0, y0)
@@ -236,6 +236,23 @@ def choose(page, select_id: str, item: str) -> None:
 
 def painted_voxels(painting_line: str) -> int:
     """The painted voxel count of the page's painting line ('... (10524 voxels)')."""
-    found = re.search(r"\((\d+) voxels\)", painting_line)
+    found = re.search(r"\((\d+) voxels", painting_line)
     assert found, painting_line
     return int(found.group(1))
+
+
+def wait_strokes_drawn(page, strokes: int, settle_s: float = 2.0, timeout_s: float = 90.0) -> str:
+    """Wait until the server has drawn the strokes sent: the page's undo-step count is within
+    a few of them (a stroke that adds no voxel makes no undo step) and the painting line then
+    stays unchanged for ``settle_s`` (one stroke is drawn in ~0.4 s on 2 busy cores)."""
+    deadline = time.monotonic() + timeout_s
+    text, since = "", time.monotonic()
+    while time.monotonic() < deadline:
+        now = page.inner_text("#rada-painting")
+        if now != text:
+            text, since = now, time.monotonic()
+        found = re.search(r"(\d+) strokes\)", text)
+        if found and int(found.group(1)) >= strokes - 3 and time.monotonic() - since >= settle_s:
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"the page did not draw {strokes} strokes within {timeout_s} s; last: {text!r}")

@@ -28,6 +28,7 @@ from rada.web.session import SAVE_SUFFIXES, SessionConfig, WebSession, import_mo
 BRUSH_MM = (1.0, 30.0, 6.0)
 POLL_S = 0.25
 PAINTING_CHECK_DELAY_S = 0.3
+STROKES_UNDO_LIMIT = 200
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,10 @@ class RadaWebApp:
         self.layout_manager.register_layout("RADA", rada_layout())
         self.layout_manager.set_layout("RADA")
         self.editor = self.slicer_app.segmentation_editor
-        self.strokes = UndoStack(undo_limit=20)
+        self.strokes = UndoStack(undo_limit=STROKES_UNDO_LIMIT)
         self.editor.set_undo_stack(self.strokes)
         self.session = WebSession(self.slicer_app.scene, _backend(config.session))
-        self._job: asyncio.Task | None = None
+        self._job: asyncio.Task | None = None  # the running Segment (a reference keeps it alive)
         self._strokes_at_result: int | None = None   # stroke-stack position when the result came
         self._upload_dir = tempfile.TemporaryDirectory(prefix="rada-web-")
         self._init_state()
@@ -115,7 +116,6 @@ class RadaWebApp:
     def _init_state(self) -> None:
         s = self.state
         s.trame__title = "RADA"
-        s.rada_authorized = False
         s.rada_loaded = False
         s.rada_busy = False
         s.rada_tool = "paint"
@@ -158,7 +158,7 @@ class RadaWebApp:
                             v.VBtn("Erase", value="erase", id="rada-erase")
                             v.VBtn("Look", value="none", id="rada-look")
                         v.VSlider(v_model=("rada_brush",), min=BRUSH_MM[0], max=BRUSH_MM[1], step=0.5,
-                                  label="brush (mm)", thumb_label="always", style="max-width: 280px",
+                                  label=("`brush ${rada_brush} mm`",), style="max-width: 280px",
                                   id="rada-brush", **dense)
                         v.VSelect(v_model=("rada_preset",), items=("['fast', 'full']",), label="preset",
                                   style="max-width: 110px", id="rada-preset", **dense)
@@ -286,21 +286,23 @@ class RadaWebApp:
             effect.set_brush_diameter(float(rada_brush), BrushDiameterMode.Absolute)
 
     def _schedule_painting_refresh(self, *_: Any) -> None:
-        """Re-check the painting shortly after the last stroke (a check exports the segment)."""
+        """Re-check the painting shortly after a stroke (a check exports the segment, so a burst
+        of strokes is checked once; every stroke is followed by a check that sees it)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop yet (loading at start-up): check now
             self._refresh_painting()
             return
-        if self._painting_refresh is not None:
-            self._painting_refresh.cancel()
-        self._painting_refresh = loop.call_later(PAINTING_CHECK_DELAY_S, self._refresh_painting)
+        if self._painting_refresh is None:
+            self._painting_refresh = loop.call_later(PAINTING_CHECK_DELAY_S, self._refresh_painting)
 
     def _refresh_painting(self) -> None:
+        self._painting_refresh = None
         if self.session.volume_node is None:
             return
         painting = self.session.painting()
-        text = f"Painted slices - {painting.summary()} ({painting.painted_voxels} voxels)"
+        text = (f"Painted slices - {painting.summary()} ({painting.painted_voxels} voxels, "
+                f"{self.strokes.n_commands()} strokes)")
         if not painting.ok:
             text += f" | {painting.error}"
         with self.state:

@@ -229,6 +229,7 @@ def test_browser_paint_segment_cancel_undo_save(la_case, tmp_path):
             web.wait_text(page, "#rada-status", "Stroke undone", 30)
             later = web.wait_stable(page, "#rada-painting", r"voxels", settle_s=1.0, timeout_s=30)
             assert 0 < web.painted_voxels(later) < voxels, (painting, later)
+            assert web.stroke_count(later) == web.stroke_count(painting) - 1, (painting, later)
             shot("5_undone")
             browser.close()
     finally:

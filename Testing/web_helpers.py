@@ -256,3 +256,10 @@ def wait_strokes_drawn(page, strokes: int, settle_s: float = 2.0, timeout_s: flo
             return text
         time.sleep(0.05)
     raise AssertionError(f"the page did not draw {strokes} strokes within {timeout_s} s; last: {text!r}")
+
+
+def stroke_count(painting_line: str) -> int:
+    """The undoable strokes of the page's painting line ('... voxels, 29 strokes)')."""
+    found = re.search(r"(\d+) strokes\)", painting_line)
+    assert found, painting_line
+    return int(found.group(1))

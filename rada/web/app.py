@@ -302,7 +302,7 @@ class RadaWebApp:
             return
         painting = self.session.painting()
         text = (f"Painted slices - {painting.summary()} ({painting.painted_voxels} voxels, "
-                f"{self.strokes.n_commands()} strokes)")
+                f"{self.strokes.index()} strokes)")
         if not painting.ok:
             text += f" | {painting.error}"
         with self.state:

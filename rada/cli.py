@@ -467,6 +467,28 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_web(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("web", help="RADA in the browser: paint, Segment, see the 3D result (trame-slicer)",
+                       description="Serve RADA's web app (Slicer's views and Paint effect via trame-slicer) on "
+                                   "127.0.0.1. The page needs ?token=... (printed at start). Segments on a local "
+                                   "`rada serve` started for it, or on --server with --token-file.")
+    p.add_argument("image", nargs="?", default="", help="volume to open (any format rada reads, DICOM folder)")
+    p.add_argument("--port", type=int, default=8080, help="the page's port (default 8080)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--server", default="", help="URL of a running `rada serve` (default: start a local one)")
+    p.add_argument("--token-file", default="", help="file holding that server's token")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="local server's device")
+    p.add_argument("--save-dir", default="", help="folder the Save button writes to (default: the image's)")
+    p.set_defaults(func=_run_web)
+
+
+def _run_web(args: argparse.Namespace) -> int:
+    from rada.web import cli_config
+    from rada.web.app import run
+
+    return run(cli_config(args))
+
+
 def _add_weights(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("weights", help="encoder weights: download, import (offline), list",
                        description="Alpha-CLIP / CLIP weights in the per-user cache ($RADA_HOME/weights, else "
@@ -641,7 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
 #: Optional packages -> the ``pip install "rada[EXTRA]"`` extra that brings them.
 _EXTRAS = {"fastapi": "server", "uvicorn": "server", "httpx": "server", "multipart": "server",
            "python_multipart": "server", "open_clip": "guidance", "torchvision": "guidance",
-           "matplotlib": "plots"}
+           "matplotlib": "plots", "trame": "web", "trame_slicer": "web",
+           "slicer": "web", "undo_stack": "web"}
 
 
 def _missing_extra(exc: ModuleNotFoundError) -> str:

@@ -17,7 +17,8 @@ Groups: structures dev / structures held-out / LA dev / LA held-out, as fixed be
 #10: the gap to the best classic tool, k -> k + 1 drops, and the worst cases.
 
     python bench/peers.py [--methods fast,growcut,fill,extrude] [--k 1,2,3]
-                          [--cases SUBSTR,...] [--groups dev,heldout] [--jobs 2] [--json out.json]
+                          [--cases SUBSTR,...] [--groups dev,heldout] [--full-k 1] [--jobs 2]
+                          [--json out.json]
 """
 
 from __future__ import annotations
@@ -114,8 +115,8 @@ def _method(name: str) -> Callable:
     return {"growcut": growcut, "fill": fill_between, "extrude": lambda im, sp: visual_hull(sp)}[name]
 
 
-def run_case(case: dict[str, str], ks: list[int], methods: list[str]) -> list[dict]:
-    """All methods at every k on one case; one row per (case, k)."""
+def run_case(case: dict[str, str], ks: list[int], methods: list[str], full_ks: list[int] | None = None) -> list[dict]:
+    """All methods at every k on one case (``full`` only at ``full_ks`` when given); one row per (case, k)."""
     from rada.annotation import SparseAnnotation, protocol_slices
     from rada.io import read_volume
     from rada.metrics import dice
@@ -128,6 +129,9 @@ def run_case(case: dict[str, str], ks: list[int], methods: list[str]) -> list[di
         sparse = SparseAnnotation.from_dense(label, chosen)
         row = {"case": case["name"], "group": case["group"], "k": k, "slices": chosen}
         for m in methods:
+            if m == "full" and full_ks is not None and k not in full_ks:
+                row[m] = {"dice": float("nan"), "s": float("nan"), "skipped": "not run at this k (--full-k)"}
+                continue
             t0 = time.perf_counter()
             try:
                 mask = _method(m)(image, sparse)
@@ -158,11 +162,11 @@ def summarise(rows: list[dict], methods: list[str]) -> dict:
             if sel:
                 summary["means"][f"{name} k={k}"] = {
                     m: [round(float(np.nanmean([r[m]["dice"] for r in sel])), 4),
-                        round(float(np.mean([r[m]["s"] for r in sel])), 2)] for m in methods} | {"n": len(sel)}
+                        round(float(np.nanmean([r[m]["s"] for r in sel])), 2)] for m in methods} | {"n": len(sel)}
     classic = [m for m in CLASSIC if m in methods]
     for r in rows:
         for m in ("fast", "full"):
-            if m in methods and classic:
+            if m in methods and classic and not np.isnan(r[m]["dice"]):
                 best = max(classic, key=lambda c: np.nan_to_num(r[c]["dice"]))
                 summary["gaps"].append({"case": r["case"], "k": r["k"], "method": m,
                                         "gap": round(r[m]["dice"] - r[best]["dice"], 4), "best": best})
@@ -170,7 +174,7 @@ def summarise(rows: list[dict], methods: list[str]) -> dict:
     for (case, k), r in by.items():
         nxt = by.get((case, k + 1))
         for m in ("fast", "full"):
-            if nxt is not None and m in methods:
+            if nxt is not None and m in methods and not np.isnan(nxt[m]["dice"] - r[m]["dice"]):
                 summary["drops"].append({"case": case, "k": k, "method": m,
                                          "change": round(nxt[m]["dice"] - r[m]["dice"], 4)})
     return summary
@@ -204,6 +208,7 @@ def main() -> int:
     ap.add_argument("--k", default="1,2,3", help="painted slices per axis, comma-separated")
     ap.add_argument("--cases", default="", help="comma-separated substrings of case names (default all)")
     ap.add_argument("--groups", default="", help="comma-separated substrings of groups, e.g. dev or LA-dev")
+    ap.add_argument("--full-k", default=None, help="run 'full' only at these k (comma-separated)")
     ap.add_argument("--jobs", type=int, default=1, help="cases run in parallel (one process each)")
     ap.add_argument("--json", default=None, help="write rows and summary here")
     args = ap.parse_args()
@@ -212,6 +217,7 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown methods {sorted(unknown)}")
     ks = [int(k) for k in args.k.split(",")]
+    full_ks = [int(k) for k in args.full_k.split(",")] if args.full_k else None
     cases = list_cases()
     if args.cases:
         cases = [c for c in cases if any(s in c["name"] for s in args.cases.split(","))]
@@ -225,13 +231,14 @@ def main() -> int:
     rows: list[dict] = []
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
-            for out in pool.map(run_case, cases, [ks] * len(cases), [methods] * len(cases)):
+            for out in pool.map(run_case, cases, [ks] * len(cases), [methods] * len(cases),
+                                [full_ks] * len(cases)):
                 for row in out:
                     _print_row(row, methods)
                 rows += out
     else:
         for case in cases:
-            out = run_case(case, ks, methods)
+            out = run_case(case, ks, methods, full_ks)
             for row in out:
                 _print_row(row, methods)
             rows += out

@@ -28,7 +28,7 @@ class AppearanceConfig:
     max_depth: int = 14
     min_samples_leaf: int = 4
     max_samples_per_class: int = 6000  # painted voxels drawn per class to train
-    max_voxels: int = 400_000  # larger crops are classified on a coarser grid, then interpolated back
+    max_voxels: int = 250_000  # larger crops are classified on a coarser grid, then interpolated back
     threads: int = 2
     seed: int = 0
 

@@ -6,7 +6,8 @@ label volume on the input grid plus a JSON-ready report. Steps:
 1. validate, crop to the painted structure's extent plus a margin;
 2. shape evidence from the painted slices (visual hull, extent-matched warps per axis,
    interpolated between painted slices by signed distance);
-3. appearance: a random forest trained on this case's painted voxels (``rada.appearance``);
+3. appearance: a random forest trained on this case's painted voxels (``rada.appearance``),
+   and edges: the geodesic competition of painted structure and background (``rada.geodesic``);
 4. optional ANTs propagation (``full`` preset), optional trained model probabilities;
 5. fuse all evidence (``rada.fusion``), keep the pieces that touch painted structure;
 6. paste back into the full grid; the painted slices are reproduced exactly.
@@ -32,6 +33,7 @@ import numpy as np
 from rada import __version__
 from rada.annotation import AXIS_NAMES, SparseAnnotation, grow_box
 from rada.appearance import AppearanceConfig, appearance_probability
+from rada.geodesic import GeodesicConfig, geodesic_logit
 from rada.errors import CancelledError, InputError
 from rada.fusion import FusionConfig, fuse, probability_to_logit
 from rada.metrics import dice
@@ -62,11 +64,13 @@ class SegmentConfig:
     model_weight: float = 1.0         # weight of the model's log-odds in the fusion
     fusion: FusionConfig = field(default_factory=FusionConfig)
     appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
+    geodesic: GeodesicConfig = field(default_factory=GeodesicConfig)
 
     def resolved(self) -> "SegmentConfig":
         if self.preset not in PRESETS:
             raise InputError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
-        out = SegmentConfig(**{**asdict(self), "fusion": self.fusion, "appearance": self.appearance})
+        out = SegmentConfig(**{**asdict(self), "fusion": self.fusion, "appearance": self.appearance,
+                                 "geodesic": self.geodesic})
         if out.propagate is None:
             out.propagate = PRESETS[self.preset]["propagate"]
         return out
@@ -194,7 +198,7 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
     annotation.validate(image)
     if cache is not None:
         cache.bind(image)
-    stages = _Stages(progress, cancel, {"crop": 1, "shape": 2, "appearance": 6,
+    stages = _Stages(progress, cancel, {"crop": 1, "shape": 2, "appearance": 6, "geodesic": 4,
                                         "propagate": 60 if cfg.propagate else 0,
                                         "model": 20 if cfg.model else 0, "fuse": 3})
 
@@ -209,6 +213,8 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
     hull, warps = stages.run("shape", "shape from the painted slices", _shape)
     appearance = stages.run("appearance", "learning the structure's appearance from the painted voxels",
                             appearance_probability, img_c.array, ann_c, spacing_zyx, cfg.appearance)
+    geodesic = stages.run("geodesic", "following image edges from the painted voxels", geodesic_logit,
+                          img_c.array, ann_c, spacing_zyx, cfg.geodesic) if cfg.fusion.geodesic_weight else None
 
     sources: dict[str, np.ndarray] = dict(warps)
     extra_logits: list[np.ndarray] = []
@@ -235,7 +241,8 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
 
     shape_sources = [m for k, m in sources.items() if k != "model"]
     mask_c, _ = stages.run("fuse", "fusing shape, intensities and models", fuse, img_c.array, ann_c,
-                           shape_sources, hull, cfg.fusion, extra_logits, appearance)
+                           shape_sources, hull, cfg.fusion, extra_logits, appearance,
+                           geodesic)
 
     full = np.zeros(image.shape, np.uint8)
     full[box] = mask_c

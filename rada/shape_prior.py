@@ -96,17 +96,22 @@ def _warp_slice(vol: np.ndarray, t: int, s: int, planes_b: list[int], planes_c: 
     """Slice ``s`` of ``vol`` (axis-first) resampled to slice ``t``'s extents; None if unknown there."""
     if t == s:
         return vol[s]
+    if not vol[s].any():  # a painted "nothing here": its evidence is an empty slice
+        return np.zeros(vol.shape[1:], bool)
     maps = []
     # Along b: intervals on the lines (t, :, i) of the annotated c-planes; along c likewise.
     for along, across in ((1, planes_c), (2, planes_b)):
-        pairs = []
+        pairs, seen = [], False
         for i in across:
             line_t = vol[t, :, i] if along == 1 else vol[t, i, :]
             line_s = vol[s, :, i] if along == 1 else vol[s, i, :]
             it, is_ = _interval(line_t), _interval(line_s)
+            seen = seen or it is not None or is_ is not None
             if it is not None and is_ is not None:
                 pairs.append((it, is_))
-        maps.append(_fit_map(pairs))
+        # Planes that cross neither slice's structure (e.g. only an empty painted plane)
+        # say nothing about this direction: keep the source as it is along it.
+        maps.append(_fit_map(pairs) if seen else (1.0, 0.0))
     if maps[0] is None or maps[1] is None:
         return None
     n_b, n_c = vol.shape[1:]
@@ -143,8 +148,13 @@ def extent_matched_warp(annotation: SparseAnnotation, axis: int,
     # Reorder once so that vol[t, u, v] is (axis=t, b=u, c=v).
     vol = np.transpose(fg, (axis, b, c))
     out = np.zeros(out_shape, bool)
+    shown = [s for s in seeds if vol[s].any()]
     for t in range(vol.shape[0]):
         lo, hi = _bracket(seeds, t)
+        if lo == hi and t != lo and not vol[lo].any() and shown:
+            # Past the last painted slice, an empty one says nothing about this far side
+            # (the second member of a pair): the nearest slice that shows structure does.
+            lo = hi = min(shown, key=lambda s: (abs(s - t), s))
         m_lo = _warp_slice(vol, t, lo, planes_b, planes_c)
         if lo == hi or t == lo:
             out[t] = m_lo if m_lo is not None else False
@@ -156,8 +166,14 @@ def extent_matched_warp(annotation: SparseAnnotation, axis: int,
             out[t] = min(known, key=lambda x: x[0])[1] if known else False
             continue
         w = (hi - t) / (hi - lo)
-        out[t] = (w * _signed_distance(m_lo, plane_spacing)
-                  + (1 - w) * _signed_distance(m_hi, plane_spacing)) > 0
+        d_lo, d_hi = _signed_distance(m_lo, plane_spacing), _signed_distance(m_hi, plane_spacing)
+        # Towards an empty painted slice the shape shrinks to nothing about half way: its
+        # distance is the other slice's depth, mirrored.
+        if not m_lo.any() and m_hi.any():
+            d_lo = np.full_like(d_lo, -max(float(d_hi.max()), min(plane_spacing)))
+        if not m_hi.any() and m_lo.any():
+            d_hi = np.full_like(d_hi, -max(float(d_lo.max()), min(plane_spacing)))
+        out[t] = (w * d_lo + (1 - w) * d_hi) > 0
     return np.transpose(out, np.argsort((axis, b, c)))
 
 

@@ -112,3 +112,28 @@ def test_adding_a_painted_slice_never_lowers_dice_on_a_real_case(la_dir):
         scores.append(dice(segment_case(image, SparseAnnotation.from_dense(label, chosen)).label.array, truth))
     assert all(b >= a - 0.01 for a, b in zip(scores, scores[1:])), scores
     assert scores[-1] > scores[0], scores
+
+
+def test_the_service_segments_a_painting_whose_only_sagittal_slice_is_empty(tmp_path):
+    """Was an "internal" job failure (min() of an empty sequence in the shape prior)."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    from rada.service.app import create_app
+    from rada.service.client import RadaClient
+    from rada.service.settings import ServiceSettings
+    from service_helpers import TOKEN, ServerThread, ellipsoid_case
+
+    image, annotation, truth = ellipsoid_case((24, 24, 24))
+    labels = np.full(truth.shape, 255, np.uint8)
+    labels[12], labels[:, 12] = truth[12], truth[:, 12]  # the middle axial and coronal slices
+    labels[:, :, 2] = truth[:, :, 2]  # the only sagittal slice, beside the ellipsoid: nothing here
+    assert not truth[:, :, 2].any()
+    sparse = SparseAnnotation(image.with_array(labels))
+    assert sparse.slices()["sagittal"] == [2]
+    app = create_app(ServiceSettings(token=TOKEN, work_dir=tmp_path, device="cpu"))
+    with ServerThread(app) as srv, RadaClient(srv.url, TOKEN) as client:
+        label, report = client.segment(image, sparse, {"preset": "fast"}, timeout=60)
+    out = label.array > 0
+    assert report["annotated_slices"]["sagittal"] == [2]
+    assert not out[:, :, 2].any()
+    assert dice(out, truth) > 0.75

@@ -30,7 +30,7 @@ from rada.annotation import SparseAnnotation
 class FusionConfig:
     """Weights and smoothing of the evidence fusion (defaults measured on LA2018 train cases)."""
 
-    prior_sigma: float = 2.0        # voxels: smoothing of the averaged shape warps
+    prior_sigma: float = 1.0        # voxels: smoothing of the averaged shape warps
     prior_clip: float = 0.01        # keep prior log-odds finite: p in [clip, 1 - clip]
     prior_weight: float = 0.7       # weight of the shape prior's log-odds (0.5-1.0 measured on dev)
     appearance_weight: float = 1.0  # weight of the per-case classifier's log-odds
@@ -38,7 +38,7 @@ class FusionConfig:
     geodesic_weight: float = 1.0    # weight of the edge-following geodesic log-odds
     intensity_weight: float = 0.0   # weight of the histogram log-likelihood ratio (the old appearance)
     histogram_bins: int = 32
-    logit_sigma: float = 1.0        # voxels: smoothing of the summed log-odds
+    logit_sigma: float = 0.0        # voxels: smoothing of the summed log-odds (0: thin parts survive)
     region_margin: int = 8          # voxels: how far past the shape evidence the result may reach
 
 

@@ -75,6 +75,59 @@ def features(image: np.ndarray, spacing_zyx: tuple[float, float, float],
     return np.stack(out, axis=-1).astype(np.float32)
 
 
+def coarse_features(image: np.ndarray, spacing_zyx: tuple[float, float, float],
+                    config: AppearanceConfig = AppearanceConfig()) -> np.ndarray:
+    """:func:`features` on the working grid: the crop itself, or a coarser grid over the same
+    field of view when the crop has more than ``config.max_voxels`` voxels."""
+    factor = max(1.0, (image.size / config.max_voxels) ** (1 / 3))
+    if factor == 1.0:
+        return features(image, spacing_zyx, config)
+    coarse_shape = tuple(max(2, int(round(d / factor))) for d in image.shape)
+    zoom = np.asarray(coarse_shape, float) / np.asarray(image.shape, float)
+    small = ndimage.zoom(np.asarray(image, np.float32), zoom, order=1)
+    return features(small, tuple(np.asarray(spacing_zyx) / zoom), config)
+
+
+def sample_features(feats: np.ndarray, flat_index: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Feature rows of the crop voxels ``flat_index`` (interpolated when ``feats`` is coarser)."""
+    if feats.shape[:-1] == tuple(shape):
+        return feats.reshape(-1, feats.shape[-1])[flat_index]
+    # ndimage.zoom maps first and last voxels onto each other (grid_mode=False)
+    ratio = (np.asarray(feats.shape[:-1]) - 1) / np.maximum(np.asarray(shape) - 1, 1)
+    coords = np.stack(np.unravel_index(flat_index, shape)).astype(np.float32) * ratio[:, None]
+    return np.stack([ndimage.map_coordinates(feats[..., c], coords, order=1, mode="nearest")
+                     for c in range(feats.shape[-1])], axis=1)
+
+
+def fit_forest(feats: np.ndarray, annotation: SparseAnnotation, config: AppearanceConfig = AppearanceConfig(),
+               trees: int | None = None) -> RandomForestClassifier | None:
+    """A forest trained on the painted voxels (balanced draw per class); None with one class only.
+
+    Args:
+        feats: :func:`coarse_features` of the crop the annotation lies on.
+        annotation: the painted slices (0/1/255).
+        config: forest settings.
+        trees: override ``config.trees`` (a quick check needs fewer).
+
+    Returns:
+        The fitted classifier, or None when structure or background is unpainted.
+    """
+    known, fg = annotation.known(), annotation.foreground()
+    pos, neg = np.flatnonzero(known & fg), np.flatnonzero(known & ~fg)
+    if pos.size == 0 or neg.size == 0:
+        return None
+    rng = np.random.default_rng(config.seed)
+    n = config.max_samples_per_class
+    pos = rng.choice(pos, min(n, pos.size), replace=False)
+    neg = rng.choice(neg, min(n, neg.size), replace=False)
+    x = sample_features(feats, np.concatenate([pos, neg]), annotation.shape)
+    y = np.concatenate([np.ones(pos.size, np.uint8), np.zeros(neg.size, np.uint8)])
+    forest = RandomForestClassifier(n_estimators=trees or config.trees, max_depth=config.max_depth,
+                                    min_samples_leaf=config.min_samples_leaf, class_weight="balanced",
+                                    n_jobs=config.threads, random_state=config.seed)
+    return forest.fit(x, y)
+
+
 def appearance_probability(image: np.ndarray, annotation: SparseAnnotation, spacing_zyx: tuple[float, float, float],
                            config: AppearanceConfig = AppearanceConfig(),
                            feats: np.ndarray | None = None) -> np.ndarray:
@@ -85,42 +138,17 @@ def appearance_probability(image: np.ndarray, annotation: SparseAnnotation, spac
         annotation: the painted slices on the same grid (0/1/255).
         spacing_zyx: voxel size in mm, array order.
         config: features and forest.
-        feats: precomputed :func:`features` on the grid this function would use (optional).
+        feats: precomputed :func:`coarse_features` of ``image`` (optional).
 
     Returns:
         float32 probability volume; 0.5 everywhere when the painting has only one class.
     """
-    known, fg = annotation.known(), annotation.foreground()
-    pos, neg = np.flatnonzero(known & fg), np.flatnonzero(known & ~fg)
-    if pos.size == 0 or neg.size == 0:
+    feats = coarse_features(image, spacing_zyx, config) if feats is None else feats
+    forest = fit_forest(feats, annotation, config)
+    if forest is None:
         return np.full(image.shape, 0.5, np.float32)
-    rng = np.random.default_rng(config.seed)
-    n = config.max_samples_per_class
-    pos = rng.choice(pos, min(n, pos.size), replace=False)
-    neg = rng.choice(neg, min(n, neg.size), replace=False)
-    # A coarser grid for large crops keeps the features and the forest within seconds; the
-    # painted voxels are sampled from it at their exact (fractional) positions.
-    factor = max(1.0, (image.size / config.max_voxels) ** (1 / 3))
-    coarse_shape = tuple(max(2, int(round(d / factor))) for d in image.shape)
-    zoom = np.asarray(coarse_shape, float) / np.asarray(image.shape, float)
-    if feats is None:
-        small = ndimage.zoom(np.asarray(image, np.float32), zoom, order=1) if factor > 1 else image
-        feats = features(small, tuple(np.asarray(spacing_zyx) / zoom), config)
-    flat = feats.reshape(-1, feats.shape[-1])
-    idx = np.concatenate([pos, neg])
-    if factor > 1:
-        # ndimage.zoom maps first and last voxels onto each other (grid_mode=False)
-        ratio = (np.asarray(coarse_shape) - 1) / np.maximum(np.asarray(image.shape) - 1, 1)
-        coords = np.stack(np.unravel_index(idx, image.shape)).astype(np.float32) * ratio[:, None]
-        x = np.stack([ndimage.map_coordinates(feats[..., c], coords, order=1, mode="nearest")
-                      for c in range(feats.shape[-1])], axis=1)
-    else:
-        x = flat[idx]
-    y = np.concatenate([np.ones(pos.size, np.uint8), np.zeros(neg.size, np.uint8)])
-    forest = RandomForestClassifier(n_estimators=config.trees, max_depth=config.max_depth, min_samples_leaf=config.min_samples_leaf,
-                                    class_weight="balanced", n_jobs=config.threads, random_state=config.seed)
-    forest.fit(x, y)
-    prob = forest.predict_proba(flat)[:, 1].astype(np.float32).reshape(feats.shape[:-1])
-    if factor > 1:
+    prob = forest.predict_proba(feats.reshape(-1, feats.shape[-1]))[:, 1].astype(np.float32)
+    prob = prob.reshape(feats.shape[:-1])
+    if prob.shape != image.shape:
         prob = np.clip(ndimage.zoom(prob, np.asarray(image.shape) / np.asarray(prob.shape), order=1), 0, 1)
     return prob

@@ -66,6 +66,14 @@ def intensity_log_likelihood_ratio(image: np.ndarray, annotation: SparseAnnotati
     return np.log(h_fg / h_bg).astype(np.float32)[q]
 
 
+def prior_logit(shape_warps: Sequence[np.ndarray], shape: tuple[int, ...], config: FusionConfig) -> np.ndarray:
+    """Log-odds of the shape prior: the mean of the warps, smoothed, clipped (uniform 0 when none)."""
+    if not len(shape_warps):
+        return np.full(shape, float(probability_to_logit(np.zeros(1), config.prior_clip)[0]), np.float32)
+    prior = ndimage.gaussian_filter(np.mean(np.stack(shape_warps), axis=0, dtype=np.float32), config.prior_sigma)
+    return probability_to_logit(prior, config.prior_clip)
+
+
 def keep_painted_components(mask: np.ndarray, annotation: SparseAnnotation) -> np.ndarray:
     """Drop connected components that touch no painted structure voxel; fill holes.
 
@@ -101,12 +109,10 @@ def fuse(image: np.ndarray, annotation: SparseAnnotation, shape_warps: Sequence[
         (label mask, fused log-odds before thresholding).
     """
     if len(shape_warps):
-        prior = ndimage.gaussian_filter(np.mean(np.stack(shape_warps), axis=0, dtype=np.float32),
-                                        config.prior_sigma)
         shape_any = np.logical_or.reduce([np.asarray(w, bool) for w in shape_warps]) | hull
     else:  # no axis shows structure on the crop: the painted voxels only
-        prior, shape_any = np.zeros(image.shape, np.float32), hull.copy()
-    logit = config.prior_weight * probability_to_logit(prior, config.prior_clip)
+        shape_any = hull.copy()
+    logit = config.prior_weight * prior_logit(shape_warps, image.shape, config)
     use_geodesic = geodesic is not None and config.geodesic_weight > 0
     if use_geodesic:
         shape_any = shape_any | (geodesic > 0)

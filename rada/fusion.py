@@ -9,7 +9,7 @@ Everything is expressed as a per-voxel log-odds that the voxel belongs to the st
   edge-following evidence;
 * further sources (ANTs propagation, a trained model's probabilities) add their log-odds.
 
-The sum is smoothed and thresholded inside a region around the shape evidence, then
+The sum is (optionally) smoothed and thresholded inside a region around the shape evidence, then
 cleaned: pieces that touch no painted structure voxel on any painted plane are dropped (a
 pair's second member is kept when one plane shows it), holes are filled, and the painted
 voxels are written back exactly (an empty painted slice stays empty).
@@ -28,7 +28,8 @@ from rada.annotation import SparseAnnotation
 
 @dataclass
 class FusionConfig:
-    """Weights and smoothing of the evidence fusion (defaults measured on LA2018 train cases)."""
+    """Weights and smoothing of the evidence fusion (defaults chosen on the development part of
+    ``bench/peers_split.json``: structures and LA validation cases, never the held-out ones)."""
 
     prior_sigma: float = 1.0        # voxels: smoothing of the averaged shape warps
     prior_clip: float = 0.01        # keep prior log-odds finite: p in [clip, 1 - clip]
@@ -67,7 +68,7 @@ def intensity_log_likelihood_ratio(image: np.ndarray, annotation: SparseAnnotati
 
 
 def prior_logit(shape_warps: Sequence[np.ndarray], shape: tuple[int, ...], config: FusionConfig) -> np.ndarray:
-    """Log-odds of the shape prior: the mean of the warps, smoothed, clipped (uniform 0 when none)."""
+    """Log-odds of the shape prior: the mean of the warps, smoothed, clipped (p = clip when none)."""
     if not len(shape_warps):
         return np.full(shape, float(probability_to_logit(np.zeros(1), config.prior_clip)[0]), np.float32)
     prior = ndimage.gaussian_filter(np.mean(np.stack(shape_warps), axis=0, dtype=np.float32), config.prior_sigma)

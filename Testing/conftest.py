@@ -43,6 +43,11 @@ def ct_dir() -> Path:
     return _require(CT_DIR)
 
 
+@pytest.fixture(scope="session")
+def structures_dir() -> Path:
+    return _require(SHARED_DATA / "structures")
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -186,6 +186,31 @@ def pick_largest_slices(foreground: np.ndarray) -> dict[str, list[int]]:
     return out
 
 
+def protocol_slices(foreground: np.ndarray, per_axis: int = 1) -> dict[str, list[int]]:
+    """The interactive painting protocol of ``shared/data/README.md``: ``per_axis`` slices per axis.
+
+    Args:
+        foreground: dense bool mask of the structure, ``[z, y, x]``.
+        per_axis: k, the number of painted slices per axis.
+
+    Returns:
+        Slice indices by axis name. k = 1 is the largest-area slice; k >= 2 are the centres of
+        k equal parts of the structure's extent along that axis (such a slice may show no
+        structure, e.g. between the two members of a pair: a valid painting).
+    """
+    if per_axis < 1:
+        raise InputError(f"need at least one slice per axis, got {per_axis}")
+    if per_axis == 1:
+        return pick_largest_slices(foreground)
+    out = {}
+    for name, a in AXES.items():
+        present = np.flatnonzero(foreground.any(axis=tuple(i for i in range(3) if i != a)))
+        lo, hi = int(present.min()), int(present.max())
+        centres = lo + (hi - lo + 1) * (np.arange(per_axis) + 0.5) / per_axis
+        out[name] = sorted({min(hi, int(c)) for c in centres})
+    return out
+
+
 def _parse_slices(slices: str | Mapping[str, int | Sequence[int]], shape: Sequence[int]) -> dict[str, list[int]]:
     if isinstance(slices, str):
         # "x,y,z" as in the CLI: sagittal (x), coronal (y), axial (z) indices.

@@ -4,10 +4,16 @@
 label volume on the input grid plus a JSON-ready report. Steps:
 
 1. validate, crop to the painted structure's extent plus a margin;
-2. shape evidence from the painted slices (visual hull, extent-matched warps per axis);
-3. optional ANTs propagation (``full`` preset), optional trained model probabilities;
-4. fuse all evidence with the intensities of the painted slices (``rada.fusion``);
-5. paste back into the full grid; the painted slices are reproduced exactly.
+2. shape evidence from the painted slices (visual hull, extent-matched warps per axis,
+   interpolated between painted slices by signed distance);
+3. appearance: a random forest trained on this case's painted voxels (``rada.appearance``),
+   and edges: the geodesic competition of painted structure and background (``rada.geodesic``);
+4. optional ANTs propagation (``full`` preset), optional trained model probabilities;
+5. fuse all evidence (``rada.fusion``), keep the pieces that touch painted structure;
+6. paste back into the full grid; the painted slices are reproduced exactly.
+
+Painted slices that show no structure are valid: they are background examples for the
+classifier and pull the interpolated shape towards nothing.
 
 A :class:`SegmentCache` passed to successive calls on the same image (refinement with more
 painted slices) keeps the expensive, annotation-independent work: model probabilities and
@@ -26,6 +32,8 @@ import numpy as np
 
 from rada import __version__
 from rada.annotation import AXIS_NAMES, SparseAnnotation, grow_box
+from rada.appearance import AppearanceConfig, appearance_probability
+from rada.geodesic import GeodesicConfig, geodesic_logit
 from rada.errors import CancelledError, InputError
 from rada.fusion import FusionConfig, fuse, probability_to_logit
 from rada.metrics import dice
@@ -51,14 +59,18 @@ class SegmentConfig:
     device: str = "auto"
     model: str | None = None
     margin: int = 12                  # voxels around the painted extent kept for the work
+    margin_fraction: float = 0.15     # plus this fraction of the extent (long thin shapes bend out)
     propagate: bool | None = None     # ANTs propagation; None = as the preset says
     model_weight: float = 1.0         # weight of the model's log-odds in the fusion
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
+    geodesic: GeodesicConfig = field(default_factory=GeodesicConfig)
 
     def resolved(self) -> "SegmentConfig":
         if self.preset not in PRESETS:
             raise InputError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
-        out = SegmentConfig(**{**asdict(self), "fusion": self.fusion})
+        out = SegmentConfig(**{**asdict(self), "fusion": self.fusion, "appearance": self.appearance,
+                                 "geodesic": self.geodesic})
         if out.propagate is None:
             out.propagate = PRESETS[self.preset]["propagate"]
         return out
@@ -94,9 +106,12 @@ def image_key(image: Volume) -> str:
     return h.hexdigest()
 
 
-def crop_box(annotation: SparseAnnotation, margin: int) -> tuple[slice, slice, slice]:
-    """The painted structure's extent plus ``margin`` voxels, clipped to the volume."""
-    return grow_box(annotation.extent(), annotation.shape, margin)
+def crop_box(annotation: SparseAnnotation, margin: int, fraction: float = 0.0) -> tuple[slice, slice, slice]:
+    """The painted structure's extent plus ``margin`` voxels and ``fraction`` of its largest
+    side, clipped to the volume."""
+    extent = annotation.extent()
+    grow = margin + int(round(fraction * max(e.stop - e.start for e in extent)))
+    return grow_box(extent, annotation.shape, grow)
 
 
 class _Stages:
@@ -183,16 +198,23 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
     annotation.validate(image)
     if cache is not None:
         cache.bind(image)
-    stages = _Stages(progress, cancel, {"crop": 1, "shape": 2, "propagate": 60 if cfg.propagate else 0,
+    stages = _Stages(progress, cancel, {"crop": 1, "shape": 2, "appearance": 6, "geodesic": 4,
+                                        "propagate": 60 if cfg.propagate else 0,
                                         "model": 20 if cfg.model else 0, "fuse": 3})
 
-    box = stages.run("crop", "cropping to the painted region", crop_box, annotation, cfg.margin)
+    box = stages.run("crop", "cropping to the painted region", crop_box, annotation, cfg.margin,
+                     cfg.margin_fraction)
     img_c = image.crop(box)
     ann_c = SparseAnnotation(annotation.labels.crop(box))
+    spacing_zyx = tuple(image.spacing[::-1])
 
     def _shape() -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        return visual_hull(ann_c), shape_prior(ann_c)
+        return visual_hull(ann_c), shape_prior(ann_c, spacing_zyx)
     hull, warps = stages.run("shape", "shape from the painted slices", _shape)
+    appearance = stages.run("appearance", "learning the structure's appearance from the painted voxels",
+                            appearance_probability, img_c.array, ann_c, spacing_zyx, cfg.appearance)
+    geodesic = stages.run("geodesic", "following image edges from the painted voxels", geodesic_logit,
+                          img_c.array, ann_c, spacing_zyx, cfg.geodesic) if cfg.fusion.geodesic_weight else None
 
     sources: dict[str, np.ndarray] = dict(warps)
     extra_logits: list[np.ndarray] = []
@@ -219,7 +241,8 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
 
     shape_sources = [m for k, m in sources.items() if k != "model"]
     mask_c, _ = stages.run("fuse", "fusing shape, intensities and models", fuse, img_c.array, ann_c,
-                           shape_sources, hull, cfg.fusion, extra_logits)
+                           shape_sources, hull, cfg.fusion, extra_logits, appearance,
+                           geodesic)
 
     full = np.zeros(image.shape, np.uint8)
     full[box] = mask_c

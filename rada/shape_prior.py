@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from rada.annotation import AXIS_NAMES, SparseAnnotation
+from scipy import ndimage
+
+from rada.annotation import AXIS_NAMES, SparseAnnotation, take_slice
 
 
 def _in_plane_axes(axis: int) -> tuple[int, int]:
@@ -33,13 +35,44 @@ def visual_hull(annotation: SparseAnnotation) -> np.ndarray:
     """Intersection of the annotated masks extruded along their axes (nearest slice per axis)."""
     fg = annotation.foreground()
     hull = np.ones(annotation.shape, bool)
-    for axis in range(3):
+    for axis in shaped_axes(annotation):
         seeds = annotation.annotated_slices(axis)
         n = annotation.shape[axis]
         # Each position along the axis takes the mask of its nearest annotated slice.
         nearest = np.array([_nearest(seeds, t) for t in range(n)])
         hull &= np.take(fg, nearest, axis=axis)
     return hull
+
+
+def shaped_axes(annotation: SparseAnnotation) -> list[int]:
+    """Axes with at least one painted slice that shows structure: only those carry a shape.
+
+    An axis whose painted slices are all empty (cropped away, or painted "nothing here")
+    says where the structure is not; that is background evidence, not a shape to extrude.
+    """
+    fg = annotation.foreground()
+    return [a for a in range(3)
+            if any(take_slice(fg, a, i).any() for i in annotation.annotated_slices(a))]
+
+
+def _signed_distance(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+    """2D signed distance in mm, positive inside; an empty mask is far outside everywhere."""
+    if not mask.any():
+        return np.full(mask.shape, -float(max(mask.shape) * max(spacing)), np.float32)
+    if mask.all():
+        return np.full(mask.shape, float(max(mask.shape) * max(spacing)), np.float32)
+    inside = ndimage.distance_transform_edt(mask, sampling=spacing)
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    return (inside - outside).astype(np.float32)
+
+
+def _bracket(indices: list[int], t: int) -> tuple[int, int]:
+    """The painted slices just below and above ``t`` (the same one twice outside their range)."""
+    below = [s for s in indices if s <= t]
+    above = [s for s in indices if s >= t]
+    lo = max(below) if below else min(above)
+    hi = min(above) if above else max(below)
+    return lo, hi
 
 
 def _interval(line: np.ndarray) -> tuple[int, int] | None:
@@ -59,49 +92,100 @@ def _fit_map(pairs: list[tuple[tuple[int, int], tuple[int, int]]]) -> tuple[floa
     return float(scale), float(shift)
 
 
-def extent_matched_warp(annotation: SparseAnnotation, axis: int) -> np.ndarray:
+def _warp_slice(vol: np.ndarray, t: int, s: int, planes_b: list[int], planes_c: list[int]) -> np.ndarray | None:
+    """Slice ``s`` of ``vol`` (axis-first) resampled to slice ``t``'s extents; None if unknown there."""
+    if t == s:
+        return vol[s]
+    if not vol[s].any():  # a painted "nothing here": its evidence is an empty slice
+        return np.zeros(vol.shape[1:], bool)
+    maps = []
+    # Along b: intervals on the lines (t, :, i) of the annotated c-planes; along c likewise.
+    for along, across in ((1, planes_c), (2, planes_b)):
+        pairs, seen = [], False
+        for i in across:
+            line_t = vol[t, :, i] if along == 1 else vol[t, i, :]
+            line_s = vol[s, :, i] if along == 1 else vol[s, i, :]
+            it, is_ = _interval(line_t), _interval(line_s)
+            seen = seen or it is not None or is_ is not None
+            if it is not None and is_ is not None:
+                pairs.append((it, is_))
+        # Planes that cross neither slice's structure (e.g. only an empty painted plane)
+        # say nothing about this direction: keep the source as it is along it.
+        maps.append(_fit_map(pairs) if seen else (1.0, 0.0))
+    if maps[0] is None or maps[1] is None:
+        return None
+    n_b, n_c = vol.shape[1:]
+    src_b = np.rint(maps[0][0] * np.arange(n_b) + maps[0][1]).astype(int)
+    src_c = np.rint(maps[1][0] * np.arange(n_c) + maps[1][1]).astype(int)
+    ok_b = (src_b >= 0) & (src_b < n_b)
+    ok_c = (src_c >= 0) & (src_c < n_c)
+    out = np.zeros(vol.shape[1:], bool)
+    out[np.ix_(ok_b, ok_c)] = vol[s][np.ix_(src_b[ok_b], src_c[ok_c])]
+    return out
+
+
+def extent_matched_warp(annotation: SparseAnnotation, axis: int,
+                        spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
     """Propagate ``axis``'s annotated masks through the volume by matching extents.
 
-    For a target slice ``t`` along ``axis``, its nearest annotated slice ``s`` is resampled
-    (nearest neighbour) with an independent scale and shift per in-plane axis. The map for
-    in-plane axis ``c`` is fitted to the foreground intervals along ``c`` that every
+    For a target slice ``t`` along ``axis``, each of the two painted slices around it is
+    resampled (nearest neighbour) with an independent scale and shift per in-plane axis. The
+    map for in-plane axis ``c`` is fitted to the foreground intervals along ``c`` that every
     annotated slice of the third axis ``b`` shows at ``t`` (target) and at ``s`` (source).
-    Slices where the orthogonal annotations show no structure stay empty.
+    Between two painted slices the two resampled masks are blended by interpolating their 2D
+    signed distances (shape-based interpolation), so an empty painted slice (no structure)
+    shrinks the shape towards it. Slices where the orthogonal annotations show no structure
+    stay empty.
     """
     fg = annotation.foreground()
     b, c = _in_plane_axes(axis)
     seeds = annotation.annotated_slices(axis)
-    planes = {b: annotation.annotated_slices(b), c: annotation.annotated_slices(c)}
-    # Reorder once so that fg_t[t, u, v] is (axis=t, b=u, c=v).
+    out_shape = tuple(annotation.shape[i] for i in (axis, b, c))
+    if not seeds:
+        return np.zeros(annotation.shape, bool)
+    planes_b, planes_c = annotation.annotated_slices(b), annotation.annotated_slices(c)
+    plane_spacing = (float(spacing_zyx[b]), float(spacing_zyx[c]))
+    # Reorder once so that vol[t, u, v] is (axis=t, b=u, c=v).
     vol = np.transpose(fg, (axis, b, c))
-    out = np.zeros_like(vol)
+    out = np.zeros(out_shape, bool)
+    shown = [s for s in seeds if vol[s].any()]
     for t in range(vol.shape[0]):
-        s = _nearest(seeds, t)
-        if t == s:
-            out[t] = vol[s]
+        lo, hi = _bracket(seeds, t)
+        if lo == hi and t != lo and not vol[lo].any() and shown:
+            # Past the last painted slice, an empty one says nothing about this far side
+            # (the second member of a pair): the nearest slice that shows structure does.
+            lo = hi = min(shown, key=lambda s: (abs(s - t), s))
+        m_lo = _warp_slice(vol, t, lo, planes_b, planes_c)
+        if lo == hi or t == lo:
+            out[t] = m_lo if m_lo is not None else False
             continue
-        maps = []
-        # Along c: intervals on the lines (t, i_b, :) of the annotated b-planes; along b likewise.
-        for along, across in ((1, planes[c]), (2, planes[b])):
-            pairs = []
-            for i in across:
-                line_t = vol[t, :, i] if along == 1 else vol[t, i, :]
-                line_s = vol[s, :, i] if along == 1 else vol[s, i, :]
-                it, is_ = _interval(line_t), _interval(line_s)
-                if it is not None and is_ is not None:
-                    pairs.append((it, is_))
-            maps.append(_fit_map(pairs))
-        if maps[0] is None or maps[1] is None:
+        m_hi = _warp_slice(vol, t, hi, planes_b, planes_c)
+        if m_lo is None or m_hi is None:
+            # The orthogonal planes show nothing at t for one source: keep the nearer known one.
+            known = [(abs(t - s), m) for s, m in ((lo, m_lo), (hi, m_hi)) if m is not None]
+            out[t] = min(known, key=lambda x: x[0])[1] if known else False
             continue
-        n_b, n_c = vol.shape[1:]
-        src_b = np.rint(maps[0][0] * np.arange(n_b) + maps[0][1]).astype(int)
-        src_c = np.rint(maps[1][0] * np.arange(n_c) + maps[1][1]).astype(int)
-        ok_b = (src_b >= 0) & (src_b < n_b)
-        ok_c = (src_c >= 0) & (src_c < n_c)
-        out[t][np.ix_(ok_b, ok_c)] = vol[s][np.ix_(src_b[ok_b], src_c[ok_c])]
+        w = (hi - t) / (hi - lo)
+        d_lo, d_hi = _signed_distance(m_lo, plane_spacing), _signed_distance(m_hi, plane_spacing)
+        # Towards an empty painted slice the shape shrinks to nothing about half way: its
+        # distance is the other slice's depth, mirrored.
+        if not m_lo.any() and m_hi.any():
+            d_lo = np.full_like(d_lo, -max(float(d_hi.max()), min(plane_spacing)))
+        if not m_hi.any() and m_lo.any():
+            d_hi = np.full_like(d_hi, -max(float(d_lo.max()), min(plane_spacing)))
+        out[t] = (w * d_lo + (1 - w) * d_hi) > 0
     return np.transpose(out, np.argsort((axis, b, c)))
 
 
-def shape_prior(annotation: SparseAnnotation) -> dict[str, np.ndarray]:
-    """Extent-matched warps of all three axes, by axis name (bool arrays on the grid)."""
-    return {AXIS_NAMES[a]: extent_matched_warp(annotation, a) for a in range(3)}
+def shape_prior(annotation: SparseAnnotation,
+                spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict[str, np.ndarray]:
+    """Extent-matched warps of the axes that carry a shape (:func:`shaped_axes`), by axis name.
+
+    Args:
+        annotation: the painted slices (0/1/255).
+        spacing_zyx: voxel size in mm, array order (for the signed distances).
+
+    Returns:
+        Bool arrays on the annotation grid; empty dict when no axis shows structure.
+    """
+    return {AXIS_NAMES[a]: extent_matched_warp(annotation, a, spacing_zyx) for a in shaped_axes(annotation)}

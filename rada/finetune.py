@@ -426,11 +426,13 @@ class FinetuneMemory:
     key: str | None = None
     box: tuple[tuple[int, int], ...] | None = None
     probability: np.ndarray | None = None
+    pseudo_label: np.ndarray | None = None
     report: dict[str, Any] | None = None
 
     def remember(self, key: str, box: tuple[tuple[int, int], ...], result: FinetuneResult) -> None:
         self.weights, self.key, self.box = result.weights, key, box
-        self.probability, self.report = result.probability, copy.deepcopy(result.report)
+        self.probability, self.pseudo_label = result.probability, result.pseudo_label
+        self.report = copy.deepcopy(result.report)
 
 
 def with_overrides(config: FinetuneConfig, **changes: Any) -> FinetuneConfig:
@@ -438,5 +440,58 @@ def with_overrides(config: FinetuneConfig, **changes: Any) -> FinetuneConfig:
     return replace(config, **changes).validated()
 
 
+
+# --- the Segment button's side (rada.pipeline calls these) --------------------------------------
+
+def segment_probability(image: Volume, crop: Volume, crop_annotation: SparseAnnotation,
+                        box: tuple[slice, slice, slice], config: FinetuneConfig, *,
+                        start_model: str | None = None, memory: FinetuneMemory | None = None,
+                        registrations: Any = None, progress: StageProgress | None = None,
+                        cancel: threading.Event | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The ``finetune`` preset's evidence on ``crop`` of ``image``, with the per-image memory.
+
+    Args:
+        image: the whole image (its statistics z-score the crop).
+        crop, crop_annotation, box: the crop, its sparse annotation, where it lies in ``image``.
+        config: the fine-tune profile.
+        start_model: a trained checkpoint to start from (None = scratch).
+        memory: the image's :class:`FinetuneMemory`: a repeat of the same painting and settings
+            reuses the last probability; another painting starts from the last weights.
+            Updated only when the call finishes (a cancelled call leaves it as it was).
+        registrations, progress, cancel: as :func:`finetune_case`.
+
+    Returns:
+        ``(probability on the crop, report)``.
+    """
+    key = annotation_key(crop_annotation, config, start_model)
+    span = tuple((s.start, s.stop) for s in box)
+    if memory is not None and memory.key == key and memory.box == span and memory.probability is not None:
+        if progress is not None:
+            progress(1.0, "finetune", "same painting and settings as the last call: its result reused")
+        return memory.probability, dict(copy.deepcopy(memory.report or {}), started_from="cached result",
+                                        iterations=0)
+    a = image.array
+    result = finetune_case(crop, crop_annotation, config, intensity=(float(a.mean()), float(a.std())),
+                           start_model=start_model, cached=memory.weights if memory is not None else None,
+                           registrations=registrations, progress=progress, cancel=cancel)
+    if memory is not None:
+        memory.remember(key, span, result)
+    return result.probability, result.report
+
+
+def probability_mask(probability: np.ndarray, annotation: SparseAnnotation, threshold: float = 0.5) -> np.ndarray:
+    """``combine='alone'``: the thresholded probability, painted voxels exact, only components
+    that hold painted structure, holes filled."""
+    from rada.fusion import keep_painted_components
+
+    known = annotation.known()
+    mask = probability > threshold
+    mask[known] = annotation.foreground()[known]
+    mask = keep_painted_components(mask, annotation)
+    mask[known] = annotation.foreground()[known]
+    return mask
+
+
 __all__ = ["FinetuneConfig", "FinetunedWeights", "FinetuneResult", "FinetuneMemory", "finetune_case",
+           "segment_probability", "probability_mask",
            "annotation_key", "with_overrides", "STAGE_WEIGHTS", "COMBINE"]

@@ -64,7 +64,13 @@ class FinetuneConfig:
     ``teacher_passes``: noisy passes T of the certainty estimate. ``registration``: ANTs
     preset of the propagation (``fast`` registers slices at half resolution).
     ``guidance``: use Alpha-CLIP embeddings when the weights are installed; ``organ`` names
-    the structure in the text prompt. ``combine``: ``fuse`` adds the probability's log-odds to
+    the structure in the text prompt. ``optimizer``: ``sgd`` (METHOD.md: momentum 0.9, weight
+    decay 1e-4) or ``adam`` (same weight decay; converges in far fewer steps from scratch).
+    ``alpha_decay``: run METHOD.md's alpha schedule on the fine-tune's clock; off (DEFAULT) keeps
+    alpha at its start value 0.95 -- a short run would otherwise spend its second half
+    learning from the painted slices alone. ``lr_decay``: METHOD.md's x0.1 steps (at 5/12 and
+    5/6 of the run). ``dropout``: of the V-Net's bottleneck and last feature (0.5 = METHOD.md;
+    scratch models only). ``combine``: ``fuse`` adds the probability's log-odds to
     the fast preset's evidence, ``alone`` thresholds it. ``seed``: data sampling and noise.
     """
 
@@ -76,7 +82,11 @@ class FinetuneConfig:
     refine_iterations: int = 150
     labeled_batch: int = 2
     unlabeled_batch: int = 2
+    optimizer: str = "sgd"
     lr: float = 0.01
+    alpha_decay: bool = False
+    lr_decay: bool = True
+    dropout: float = 0.5
     momentum: float = 0.9
     weight_decay: float = 1e-4
     teacher_passes: int = 8
@@ -92,9 +102,12 @@ class FinetuneConfig:
     @classmethod
     def cpu(cls, **overrides: Any) -> "FinetuneConfig":
         """About a minute per LA case on 2 idle cores: half resolution (propagation included),
-        width 4, 32^3 patches, 40 steps, T = 2 (3D convolutions on a CPU are the limit)."""
+        width 4, 32^3 patches, 40 steps, T = 2 (3D convolutions on a CPU are the limit). So few
+        steps need a constant, higher learning rate (0.05) and no dropout: measured on a
+        training case, 30 steps reach Dice 0.59 this way, 0.40 with METHOD.md's 0.01 and dropout."""
         base = dict(device="cpu", width=4, patch_size=(32, 32, 32), scale=0.5, iterations=40,
                     refine_iterations=15, labeled_batch=1, unlabeled_batch=1, teacher_passes=2,
+                    lr=0.05, dropout=0.0, lr_decay=False,
                     registration="full", infer_batch=2)
         return cls(**{**base, **overrides})
 
@@ -111,6 +124,11 @@ class FinetuneConfig:
         dev = select_device(device)
         return cls.gpu(**overrides) if dev.type == "cuda" else cls.cpu(**overrides)
 
+    @property
+    def factor(self) -> int:
+        """Integer downsampling of the working grid (``round(1 / scale)``)."""
+        return max(1, int(round(1.0 / self.scale)))
+
     def validated(self) -> "FinetuneConfig":
         """Self, or an :class:`InputError` naming the bad field."""
         if self.width < 1 or self.iterations < 0 or self.refine_iterations < 0:
@@ -121,6 +139,8 @@ class FinetuneConfig:
             raise InputError(f"patch_size must be three multiples of 16, got {self.patch_size}")
         if self.labeled_batch < 1 or self.unlabeled_batch < 0 or self.teacher_passes < 1:
             raise InputError("labeled_batch and teacher_passes must be >= 1, unlabeled_batch >= 0")
+        if self.optimizer not in ("sgd", "adam"):
+            raise InputError(f"unknown optimizer {self.optimizer!r}; use sgd or adam")
         if self.combine not in COMBINE:
             raise InputError(f"unknown combine {self.combine!r}; use one of {', '.join(COMBINE)}")
         return self
@@ -231,7 +251,11 @@ def _build_model(cfg: FinetuneConfig, start_model: str | None, cached: Finetuned
         model, meta = load_model(start_model, "cpu")
         origin = "checkpoint"
     else:
-        model = TriViewModel(ModelConfig.make(width=cfg.width, guidance=bool(embeddings.enabled)))
+        from rada.nets.head import HeadConfig
+        from rada.nets.vnet import VNetConfig
+
+        model = TriViewModel(ModelConfig(VNetConfig(width=cfg.width, dropout=cfg.dropout),
+                                         HeadConfig(embedding_dim=1024 if embeddings.enabled else 0)))
         origin = "scratch"
     started_from = origin
     if cached is not None and cached.compatible(model.config.as_dict()):
@@ -261,15 +285,19 @@ def _train(model: Any, data: Any, cfg: FinetuneConfig, iterations: int, patch: t
     from rada.train.data import sample_batch
 
     sched = S.ScheduleConfig()
-    optimizers = {name: torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                        weight_decay=cfg.weight_decay) for name, net in model.nets.items()}
+    def make(params: Any) -> torch.optim.Optimizer:
+        if cfg.optimizer == "adam":
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizers = {name: make(net.parameters()) for name, net in model.nets.items()}
     losses: list[float] = []
     for t in range(iterations):
         report("finetune", t / max(iterations, 1), f"iteration {t + 1}/{iterations}")
         clock = int(t * sched.iterations / max(iterations, 1))  # the 6000-step schedules, compressed
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, t, 11]).generate_state(1)[0]))
-        a, b, thr = S.alpha(clock, sched), S.beta(clock, sched), S.entropy_threshold(clock, sched)
-        lr = cfg.lr * S.learning_rate(clock, sched) / sched.base_lr
+        a = S.alpha(clock, sched) if cfg.alpha_decay else sched.alpha_start
+        b, thr = S.beta(clock, sched), S.entropy_threshold(clock, sched)
+        lr = cfg.lr * S.learning_rate(clock, sched) / sched.base_lr if cfg.lr_decay else cfg.lr
         batch = sample_batch(data, t, a, patch, cfg.labeled_batch, cfg.unlabeled_batch, cfg.seed, 0, True,
                              model.views)
         x = torch.from_numpy(batch.image).to(device)
@@ -341,7 +369,7 @@ def finetune_case(image: Volume, annotation: SparseAnnotation, config: FinetuneC
     # propagation runs on it too (fewer, smaller slice pairs: the CPU profile's main saving).
     mean, std = intensity if intensity is not None else (float(image.array.mean()), float(image.array.std()))
     arr = (image.array.astype(np.float32) - mean) / (std if std > 0 else 1.0)
-    work_shape = tuple(max(8, int(round(s * cfg.scale))) for s in image.shape)
+    work_shape = tuple(max(8, -(-s // cfg.factor)) for s in image.shape)
     ann_w = _resample_annotation(annotation, work_shape)
     if not ann_w.foreground().any():  # a structure too small for the working grid
         work_shape, ann_w = tuple(image.shape), annotation
@@ -409,11 +437,13 @@ def finetune_case(image: Volume, annotation: SparseAnnotation, config: FinetuneC
 
 
 def annotation_key(annotation: SparseAnnotation, config: FinetuneConfig, start_model: str | None) -> str:
-    """Hash of what makes a fine-tune result: the painted voxels, the settings, the start."""
+    """Hash of what makes a fine-tune probability: the painted voxels, the settings, the start."""
     h = hashlib.blake2b(digest_size=16)
     h.update(np.ascontiguousarray(annotation.array).tobytes())
     h.update(repr(annotation.shape).encode())
-    h.update(json.dumps([asdict(config), start_model], sort_keys=True, default=str).encode())
+    # How the probability is used later (combine, weight) does not change it.
+    settings = {k: v for k, v in asdict(config).items() if k not in ("combine", "probability_weight")}
+    h.update(json.dumps([settings, start_model], sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
@@ -443,16 +473,19 @@ def with_overrides(config: FinetuneConfig, **changes: Any) -> FinetuneConfig:
 
 # --- the Segment button's side (rada.pipeline calls these) --------------------------------------
 
-def segment_probability(image: Volume, crop: Volume, crop_annotation: SparseAnnotation,
-                        box: tuple[slice, slice, slice], config: FinetuneConfig, *,
+def segment_probability(image: Volume, annotation: SparseAnnotation, box: tuple[slice, slice, slice],
+                        config: FinetuneConfig, *,
                         start_model: str | None = None, memory: FinetuneMemory | None = None,
                         registrations: Any = None, progress: StageProgress | None = None,
                         cancel: threading.Event | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """The ``finetune`` preset's evidence on ``crop`` of ``image``, with the per-image memory.
 
     Args:
-        image: the whole image (its statistics z-score the crop).
-        crop, crop_annotation, box: the crop, its sparse annotation, where it lies in ``image``.
+        image, annotation: the whole image (its statistics z-score the crop) and annotation.
+        box: the crop the caller works on. The fine-tune runs on it grown to multiples of
+            ``8 * factor`` voxels of the image, so that the working grid, and with it every
+            slice pair the propagation registers, stays the same when a refinement's painted
+            extent grows a little: the registrations cached for the image are found again.
         config: the fine-tune profile.
         start_model: a trained checkpoint to start from (None = scratch).
         memory: the image's :class:`FinetuneMemory`: a repeat of the same painting and settings
@@ -461,22 +494,26 @@ def segment_probability(image: Volume, crop: Volume, crop_annotation: SparseAnno
         registrations, progress, cancel: as :func:`finetune_case`.
 
     Returns:
-        ``(probability on the crop, report)``.
+        ``(probability on the crop box, report)``.
     """
+    q = 8 * config.factor
+    snapped = tuple(slice((s.start // q) * q, min(-(-s.stop // q) * q, n)) for s, n in zip(box, image.shape))
+    inner = tuple(slice(b.start - s.start, b.stop - s.start) for b, s in zip(box, snapped))
+    crop, crop_annotation = image.crop(snapped), SparseAnnotation(annotation.labels.crop(snapped))
     key = annotation_key(crop_annotation, config, start_model)
-    span = tuple((s.start, s.stop) for s in box)
+    span = tuple((s.start, s.stop) for s in snapped)
     if memory is not None and memory.key == key and memory.box == span and memory.probability is not None:
         if progress is not None:
             progress(1.0, "finetune", "same painting and settings as the last call: its result reused")
-        return memory.probability, dict(copy.deepcopy(memory.report or {}), started_from="cached result",
-                                        iterations=0)
+        return memory.probability[inner], dict(copy.deepcopy(memory.report or {}),
+                                               started_from="cached result", iterations=0)
     a = image.array
     result = finetune_case(crop, crop_annotation, config, intensity=(float(a.mean()), float(a.std())),
                            start_model=start_model, cached=memory.weights if memory is not None else None,
                            registrations=registrations, progress=progress, cancel=cancel)
     if memory is not None:
         memory.remember(key, span, result)
-    return result.probability, result.report
+    return result.probability[inner], dict(result.report, box_zyx=[list(v) for v in span])
 
 
 def probability_mask(probability: np.ndarray, annotation: SparseAnnotation, threshold: float = 0.5) -> np.ndarray:

@@ -225,12 +225,14 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
 
         ft_cfg = cfg.finetune or FinetuneConfig.for_device(cfg.device)
         if cache is not None:
-            cache.registrations = cache.registrations or RegistrationCache()
-            cache.finetune = cache.finetune or FinetuneMemory()
+            if cache.registrations is None:  # (an empty RegistrationCache is falsy)
+                cache.registrations = RegistrationCache()
+            if cache.finetune is None:
+                cache.finetune = FinetuneMemory()
         ft_start, ft_width = stages.starts["finetune"]
         ft_progress = (lambda f, st, m: progress(ft_start + ft_width * f, st, m)) if progress else None
         prob, finetune_report = stages.run(
-            "finetune", "RADA fine-tune on this case", segment_probability, image, img_c, ann_c, box, ft_cfg,
+            "finetune", "RADA fine-tune on this case", segment_probability, image, annotation, box, ft_cfg,
             start_model=cfg.model, memory=cache.finetune if cache is not None else None,
             registrations=cache.registrations if cache is not None else None, progress=ft_progress, cancel=cancel)
         if ft_cfg.combine == "alone":

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's rada, not an installed one
 DATA = ROOT.parent / "shared" / "data" / "la2018"
 
 

@@ -29,7 +29,7 @@ def _peak_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run_case(case: str, profile: str, model: str | None) -> dict:
+def run_case(case: str, profile: str, model: str | None, threads: int | None) -> dict:
     """Everything for one case, in this process."""
     import numpy as np
 
@@ -46,7 +46,7 @@ def run_case(case: str, profile: str, model: str | None) -> dict:
     t = time.perf_counter()
     fast = segment_case(image, annotation, SegmentConfig(preset="fast"))
     row["fast"] = {"dice": dice(fast.label.array > 0, truth), "s": time.perf_counter() - t, "rss_mb": _peak_mb()}
-    ft_cfg = FinetuneConfig.cpu() if profile == "cpu" else FinetuneConfig.gpu()
+    ft_cfg = FinetuneConfig.cpu(threads=threads) if profile == "cpu" else FinetuneConfig.gpu()
     cache = SegmentCache()
     t = time.perf_counter()
     fused = segment_case(image, annotation, SegmentConfig(preset="finetune", finetune=ft_cfg, model=model),
@@ -71,10 +71,11 @@ def main() -> int:
     ap.add_argument("--cases", type=int, default=3)
     ap.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--model", default=None, help="trained checkpoint to start the fine-tune from")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the fine-tune (CPU profile)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one case, JSON on stdout
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_case(args.one, args.profile, args.model)))
+        print(json.dumps(run_case(args.one, args.profile, args.model, args.threads)))
         return 0
     cases = json.loads((ROOT / "bench" / "la2018_split.json").read_text())["val"][:args.cases]
     rows = []
@@ -82,6 +83,8 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--one", case, "--profile", args.profile]
         if args.model:
             cmd += ["--model", args.model]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = rows[-1]

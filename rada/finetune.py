@@ -71,7 +71,9 @@ class FinetuneConfig:
     learning from the painted slices alone. ``lr_decay``: METHOD.md's x0.1 steps (at 5/12 and
     5/6 of the run). ``dropout``: of the V-Net's bottleneck and last feature (0.5 = METHOD.md;
     scratch models only). ``combine``: ``fuse`` adds the probability's log-odds to
-    the fast preset's evidence, ``alone`` thresholds it. ``seed``: data sampling and noise.
+    the fast preset's evidence, ``alone`` thresholds it. ``threads``: torch CPU threads while
+    fine-tuning (None = torch's setting; 1 is fastest on a CPU shared with other work, where
+    tiny 3D convolutions on 2 contended threads ran ~10x slower). ``seed``: data sampling and noise.
     """
 
     device: str = "auto"
@@ -97,6 +99,7 @@ class FinetuneConfig:
     combine: str = "fuse"
     probability_weight: float = 1.0
     infer_batch: int = 2
+    threads: int | None = None
     seed: int = 0
 
     @classmethod
@@ -395,7 +398,13 @@ def finetune_case(image: Volume, annotation: SparseAnnotation, config: FinetuneC
 
     t0 = time.perf_counter()
     iterations = cfg.refine_iterations if info["started_from"] == "cached weights" else cfg.iterations
-    losses = _train(model, data, cfg, iterations, patch, device, report)
+    saved_threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        losses = _train(model, data, cfg, iterations, patch, device, report)
+    finally:
+        torch.set_num_threads(saved_threads)
     times["finetune"] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()

@@ -144,3 +144,22 @@ def test_finetune_config_rejects_bad_values_and_picks_the_cpu_profile():
     assert FinetuneConfig.cpu().width < FinetuneConfig.gpu().width
     with pytest.raises(InputError, match="unknown preset"):
         SegmentConfig(preset="finetuned").resolved()
+
+
+@pytest.mark.slow
+def test_gpu_profile_runs_on_cpu_with_tiny_settings():
+    """The GPU profile's path (full resolution, METHOD.md's optimiser, dropout and schedules)
+    on a small phantom, shrunk to CPU size; it was not measured on a GPU."""
+    from rada.finetune import finetune_case
+    from rada.phantom import PhantomConfig, make_phantom
+
+    image, truth = make_phantom(PhantomConfig(shape_zyx=(32, 48, 48), seed=1))
+    annotation = SparseAnnotation.from_dense(truth)
+    cfg = FinetuneConfig.gpu(device="cpu", width=4, patch_size=(32, 32, 32), iterations=4, registration_workers=1,
+                             guidance=False, unlabeled_batch=1, labeled_batch=1, teacher_passes=2)
+    assert cfg.scale == 1.0 and cfg.registration == "full" and cfg.dropout == 0.5 and cfg.lr_decay
+    result = finetune_case(image, annotation, cfg)
+    assert result.probability.shape == image.shape and result.probability.dtype == np.float32
+    assert 0.0 <= float(result.probability.min()) and float(result.probability.max()) <= 1.0
+    assert result.report["working_shape_zyx"] == list(image.shape) and result.report["device"] == "cpu"
+    assert result.report["iterations"] == 4 and result.report["started_from"] == "scratch"

@@ -72,7 +72,7 @@ class FinetuneConfig:
     5/6 of the run). ``dropout``: of the V-Net's bottleneck and last feature (0.5 = METHOD.md;
     scratch models only). ``combine``: ``fuse`` adds the probability's log-odds to
     the fast preset's evidence, ``alone`` thresholds it. ``threads``: torch CPU threads while
-    fine-tuning (None = torch's setting; 1 is fastest on a CPU shared with other work, where
+    fine-tuning and inferring (None = torch's setting; 1 is fastest on a CPU shared with other work, where
     tiny 3D convolutions on 2 contended threads ran ~10x slower). ``seed``: data sampling and noise.
     """
 
@@ -403,19 +403,19 @@ def finetune_case(image: Volume, annotation: SparseAnnotation, config: FinetuneC
         torch.set_num_threads(cfg.threads)
     try:
         losses = _train(model, data, cfg, iterations, patch, device, report)
+        times["finetune"] = round(time.perf_counter() - t0, 3)
+
+        t0 = time.perf_counter()
+        report("infer", 0.0, "sliding-window inference on the crop")
+        model.eval()
+        predictor = model_predictor(model, "mean", bf16=True)
+
+        def checked(x: torch.Tensor) -> torch.Tensor:
+            report.check()
+            return predictor(x)
+        prob_w = sliding_window(arr_w, checked, patch, None, "gaussian", cfg.infer_batch, device)[1]
     finally:
         torch.set_num_threads(saved_threads)
-    times["finetune"] = round(time.perf_counter() - t0, 3)
-
-    t0 = time.perf_counter()
-    report("infer", 0.0, "sliding-window inference on the crop")
-    model.eval()
-    predictor = model_predictor(model, "mean", bf16=True)
-
-    def checked(x: torch.Tensor) -> torch.Tensor:
-        report.check()
-        return predictor(x)
-    prob_w = sliding_window(arr_w, checked, patch, None, "gaussian", cfg.infer_batch, device)[1]
     probability = np.clip(_resize(prob_w, image.shape, "trilinear"), 0.0, 1.0).astype(np.float32)
     times["infer"] = round(time.perf_counter() - t0, 3)
     report("infer", 1.0, "inference done")

@@ -390,6 +390,7 @@ def finetune_case(image: Volume, annotation: SparseAnnotation, config: FinetuneC
     t0 = time.perf_counter()
     report("guidance", 0.0, "Alpha-CLIP region encoding of the painted slices")
     embeddings = _guidance(image, annotation, cfg, report)
+    torch.manual_seed(cfg.seed)  # the scratch networks' initial weights: same settings, same result
     model, info, meta = _build_model(cfg, start_model, cached, embeddings, device)
     times["guidance"] = round(time.perf_counter() - t0, 3)
 

@@ -15,8 +15,8 @@ What the ``finetune`` preset of Segment runs, on the crop around the painted str
 4. **infer**: sliding window (``rada.infer``) on the crop -> foreground probability.
 
 Sizes, iterations and resolution come from a :class:`FinetuneConfig` profile chosen from the
-device: :meth:`FinetuneConfig.cpu` (an LA case in about a minute on 2 cores: half
-resolution, narrow networks) or :meth:`FinetuneConfig.gpu` (the paper's width and patch).
+device: :meth:`FinetuneConfig.cpu` (half resolution, narrow networks; an LA case took
+60-85 s on 2 cores shared with other work, see bench/finetune.py) or :meth:`FinetuneConfig.gpu` (the paper's width and patch).
 Nothing is written anywhere: the caller keeps the returned weights (for a refinement) only
 when the call finished.
 """
@@ -104,7 +104,7 @@ class FinetuneConfig:
 
     @classmethod
     def cpu(cls, **overrides: Any) -> "FinetuneConfig":
-        """About a minute per LA case on 2 idle cores: half resolution (propagation included),
+        """Half resolution (propagation included),
         width 4, 32^3 patches, 40 steps, T = 2 (3D convolutions on a CPU are the limit). So few
         steps need a constant, higher learning rate (0.05) and no dropout: measured on a
         training case, 30 steps reach Dice 0.59 this way, 0.40 with METHOD.md's 0.01 and dropout."""

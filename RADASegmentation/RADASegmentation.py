@@ -66,7 +66,7 @@ class RADASegmentationParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     resultSegmentName: str = ""
     replaceResult: bool = True
-    preset: Annotated[str, Choice(["fast", "full"])] = "fast"
+    preset: Annotated[str, Choice(["fast", "full", "finetune"])] = "fast"
     modelName: str = ""
     checkpointPath: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"

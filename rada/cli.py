@@ -86,8 +86,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--segment", default=None, help="painted segment's name in a .seg.nrrd with several")
     p.add_argument("--out", required=True, help="label volume to write (.nii.gz, .nrrd, .seg.nrrd, ...)")
     p.add_argument("--model", default=None, help="trained RADA checkpoint for this structure (optional)")
-    p.add_argument("--preset", default="fast", choices=["fast", "full"],
-                   help="fast: seconds on a CPU; full: adds ANTs propagation (minutes on a CPU)")
+    p.add_argument("--preset", default="fast", choices=["fast", "full", "finetune"],
+                   help="fast: seconds on a CPU; full: adds ANTs propagation (minutes on a CPU); finetune: "
+                        "the RADA method on this case, ANTs propagation + tri-view V-Nets fine-tuned on it, "
+                        "from --model when given (minutes on a CPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="for the model")
     p.add_argument("--report", default=None, help="write the JSON report here (also printed on stdout)")
     p.set_defaults(func=_run_segment)

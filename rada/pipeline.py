@@ -48,6 +48,9 @@ PRESETS: dict[str, dict[str, bool]] = {
     "fast": {"propagate": False},
     # Adds ANTs slice-to-slice propagation as a further source of evidence.
     "full": {"propagate": True},
+    # the RADA method on this case (rada.finetune): ANTs propagation + tri-view V-Nets
+    # fine-tuned on it (from --model when given), fused with the fast evidence.
+    "finetune": {"propagate": False, "finetune": True},
 }
 
 
@@ -65,12 +68,13 @@ class SegmentConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
     geodesic: GeodesicConfig = field(default_factory=GeodesicConfig)
+    finetune: Any = None              # rada.finetune.FinetuneConfig; None = the device's profile
 
     def resolved(self) -> "SegmentConfig":
         if self.preset not in PRESETS:
             raise InputError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
         out = SegmentConfig(**{**asdict(self), "fusion": self.fusion, "appearance": self.appearance,
-                                 "geodesic": self.geodesic})
+                                 "geodesic": self.geodesic, "finetune": self.finetune})
         if out.propagate is None:
             out.propagate = PRESETS[self.preset]["propagate"]
         return out
@@ -90,12 +94,14 @@ class SegmentCache:
     model_probability: dict[str, np.ndarray] = field(default_factory=dict)  # by model, device and box
     model_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     registrations: Any = None  # rada.propagation.RegistrationCache, created on first use
+    finetune: Any = None       # rada.finetune.FinetuneMemory (fine-tuned weights), on first use
 
     def bind(self, image: Volume) -> None:
         key = image_key(image)
         if key != self.image_key:
             self.image_key, self.registrations = key, None
             self.model_probability, self.model_info = {}, {}
+            self.finetune = None
 
 
 def image_key(image: Volume) -> str:
@@ -200,7 +206,8 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
         cache.bind(image)
     stages = _Stages(progress, cancel, {"crop": 1, "shape": 2, "appearance": 6, "geodesic": 4,
                                         "propagate": 60 if cfg.propagate else 0,
-                                        "model": 20 if cfg.model else 0, "fuse": 3})
+                                        "model": 20 if cfg.model else 0, "fuse": 3,
+                                        "finetune": 80 if PRESETS[cfg.preset].get("finetune") else 0})
 
     box = stages.run("crop", "cropping to the painted region", crop_box, annotation, cfg.margin,
                      cfg.margin_fraction)
@@ -232,7 +239,30 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
         # Propagated labels join the per-axis warps in the averaged shape prior.
         report_extra["propagation"] = {k: v for k, v in getattr(result, "stats", {}).items()
                                        if isinstance(v, (int, float, str))}
-    if cfg.model:
+    # --- the finetune preset (rada.finetune); --model is its starting point ---
+    finetune_report, finetune_mask = None, None
+    if PRESETS[cfg.preset].get("finetune"):
+        from rada.finetune import FinetuneConfig, FinetuneMemory, probability_mask, segment_probability
+        from rada.propagation import RegistrationCache
+
+        ft_cfg = cfg.finetune or FinetuneConfig.for_device(cfg.device)
+        if cache is not None:
+            if cache.registrations is None:  # (an empty RegistrationCache is falsy)
+                cache.registrations = RegistrationCache()
+            if cache.finetune is None:
+                cache.finetune = FinetuneMemory()
+        ft_start, ft_width = stages.starts["finetune"]
+        ft_progress = (lambda f, st, m: progress(ft_start + ft_width * f, st, m)) if progress else None
+        prob, finetune_report = stages.run(
+            "finetune", "RADA fine-tune on this case", segment_probability, image, annotation, box, ft_cfg,
+            start_model=cfg.model, memory=cache.finetune if cache is not None else None,
+            registrations=cache.registrations if cache is not None else None, progress=ft_progress, cancel=cancel)
+        if ft_cfg.combine == "alone":
+            finetune_mask = probability_mask(prob, ann_c)
+        else:
+            extra_logits.append(ft_cfg.probability_weight * probability_to_logit(prob, cfg.fusion.prior_clip))
+    # --- end of the finetune preset ---
+    if cfg.model and finetune_report is None:  # with finetune the checkpoint is its start
         prob, model_info = stages.run("model", "trained model inference", _model_probability, cfg, image,
                                       box, cache)
         extra_logits.append(cfg.model_weight * probability_to_logit(prob, cfg.fusion.prior_clip))
@@ -243,6 +273,8 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
     mask_c, _ = stages.run("fuse", "fusing shape, intensities and models", fuse, img_c.array, ann_c,
                            shape_sources, hull, cfg.fusion, extra_logits, appearance,
                            geodesic)
+    if finetune_mask is not None:  # combine="alone": the fine-tuned networks' result by itself
+        mask_c = finetune_mask
 
     full = np.zeros(image.shape, np.uint8)
     full[box] = mask_c
@@ -268,4 +300,7 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
     }
     if "propagation" in report_extra:
         report["propagation_stats"] = report_extra["propagation"]
+    if finetune_report is not None:
+        report.update(finetune=finetune_report, guidance=finetune_report["guidance"],
+                      device=finetune_report["device"])
     return SegmentResult(image.with_array(full), report)

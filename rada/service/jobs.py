@@ -492,6 +492,9 @@ class SegmentRunner:
         report = dict(result.report)
         if "model" in report and isinstance(report["model"], dict):
             report["model"] = {k: v for k, v in report["model"].items() if k not in ("path", "checkpoint")}
+        if isinstance(report.get("finetune"), dict) and "checkpoint" in report["finetune"]:  # no server paths in a report
+            report["finetune"] = {**report["finetune"], "checkpoint": {
+                k: v for k, v in report["finetune"]["checkpoint"].items() if k != "path"}}
         return JobOutput(result.label, report)
 
 TRAIN_OPTIONS = {"dataset": str, "model_name": str, "iterations": int, "device": str, "seed": int,

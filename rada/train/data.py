@@ -38,6 +38,7 @@ class TrainingData:
     labeled: list[LabeledCase]
     unlabeled: list[np.ndarray]
     unlabeled_ids: list[str] = field(default_factory=list)
+    validation: list = field(default_factory=list)   # rada.train.validation.ValidationCase
 
     def __post_init__(self) -> None:
         if not self.labeled:
@@ -202,7 +203,23 @@ def load_training_data(spec, cache_dir: str | os.PathLike, propagation_config: o
         labels, dist, known = cached_pseudo_labels(c.id, image, ann, cache_dir, config=propagation_config)
         labeled.append(LabeledCase(c.id, tf(image.array), {k: tf(v) for k, v in labels.items()},
                                    {k: tf(v) for k, v in dist.items()}, tf(known)))
-    return TrainingData(labeled, unlabeled, uids)
+    return TrainingData(labeled, unlabeled, uids, load_validation(spec, transform))
+
+
+def load_validation(spec, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> list:
+    """The ``val`` split's cases that carry a dense ``label`` (z-scored image, binary label)."""
+    from rada.dataset import load_image
+    from rada.io import read_volume
+    from rada.train.validation import ValidationCase
+
+    tf = transform or (lambda a: a)
+    cases = []
+    for c in spec.split("val"):
+        if c.label is None:
+            continue
+        label = read_volume(spec.path(c.label)).array > 0
+        cases.append(ValidationCase(c.id, tf(load_image(spec, c).array), tf(label)))
+    return cases
 
 
 __all__ = ["LabeledCase", "TrainingData", "Batch", "sample_batch", "crop_or_pad", "rot_flip", "iteration_rng",

@@ -6,7 +6,7 @@ stopped (the checkpoint is exact; baselines and pseudo-labels are cached).
 
 1. Data: LA2018 from ``../shared/data/la2018`` with ``bench/la2018_split.json`` (8 labeled
    cases with their three largest-foreground slices, the rest of the train split unlabeled,
-   16 validation cases), every volume downscaled by ``--shrink`` (SimpleITK BinShrink for
+   the first ``--val-cases`` of its 16 validation cases), every volume downscaled by ``--shrink`` (SimpleITK BinShrink for
    images, nearest for labels; spacing updated, origin and direction kept) into ``--out``.
 2. Baselines on the validation cases, each given the case's own three painted slices
    (the trained model gets none): the ANTs pseudo-labels (per view, and their majority) and
@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's rada, not an installed one
 MAX_CHECKPOINT_MB = 10.0
 
 
@@ -40,13 +41,15 @@ class BudgetSpent(Exception):
     """The time budget is spent; the last checkpoint is on disk."""
 
 
-def shrink_dataset(source: Path, out: Path, factor: int) -> Path:
-    """Downscaled LA cases in ``out/cases/<ID>/{image,label}.nii.gz`` and the dataset in ``out/dataset``."""
+def shrink_dataset(source: Path, out: Path, factor: int, n_val: int) -> Path:
+    """Downscaled LA cases in ``out/cases/<ID>/{image,label}.nii.gz`` and the dataset in ``out/dataset``
+    (the first ``n_val`` validation cases of the split)."""
     import SimpleITK as sitk
 
     from rada.dataset import SplitFile, build_la2018
 
     split = SplitFile.read(REPO / "bench" / "la2018_split.json")
+    split = SplitFile(split.labeled, split.unlabeled, split.val[:n_val])
     cases = out / "cases"
     for cid in split.labeled + split.unlabeled + split.val:
         dst = cases / cid
@@ -157,7 +160,7 @@ def write_results(run: Path, base: dict, args: argparse.Namespace, elapsed_min: 
         "## Reduced LA2018 protocol (bench/reduced_la.py)",
         "",
         f"LA2018 downscaled x{args.shrink} (BinShrink), 8 labeled cases (three painted slices each) + "
-        f"{args.unlabeled} unlabeled, 16 validation cases (bench/la2018_split.json); width {args.width}, patch "
+        f"{args.unlabeled} unlabeled, {args.val_cases} validation cases (first of bench/la2018_split.json); width {args.width}, patch "
         f"{list(args.patch)}, {state['iteration']} of {args.iterations} iterations done "
         f"({elapsed_min:.0f} min wall this session, CPU, niced, machine shared with other jobs); "
         f"guidance: {'on' if g.get('enabled') else 'off'} ({g.get('reason', '')}).",
@@ -202,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "la2018"))
     p.add_argument("--out", default="/tmp/rada-reduced-la", help="work folder (resumable; not in the repository)")
     p.add_argument("--shrink", type=int, default=2)
+    p.add_argument("--val-cases", type=int, default=8, help="first N validation cases of the split (of 16)")
     p.add_argument("--width", type=int, default=4)
     p.add_argument("--patch", type=lambda s: tuple(int(v) for v in s.split(",")), default=(32, 64, 64))
     p.add_argument("--iterations", type=int, default=1500)
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if not data.is_dir():
         print(f"no LA2018 data at {data}", file=sys.stderr)
         return 2
-    dataset = shrink_dataset(data, out, args.shrink)
+    dataset = shrink_dataset(data, out, args.shrink, args.val_cases)
     from rada.dataset import read_dataset
 
     args.unlabeled = len(read_dataset(dataset).unlabeled("train"))

@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # 2 threads on a shared, oversubscribed machine ran slower
     t0 = time.monotonic()
     out = Path(args.out)
     data = Path(args.data)

@@ -187,15 +187,14 @@ def load_training_data(spec, cache_dir: str | os.PathLike, propagation_config: o
     """Load a :class:`rada.dataset.DatasetSpec`'s training split: z-scored images, pseudo-labels
     (propagated once per labeled case, cached in ``cache_dir``), unlabeled images.
     ``transform`` (e.g. a downscale, in tests) is applied to every array before use."""
-    from rada.dataset import load_annotation, load_image
+    from rada.dataset import load_case
 
     tf = transform or (lambda a: a)
     labeled, unlabeled, uids = [], [], []
     for c in spec.split("train"):
         if progress:
             progress(c.id)
-        image = load_image(spec, c)
-        ann = load_annotation(spec, c)
+        image, ann, _ = load_case(spec, c)  # the dataset's protocol (e.g. CT window/crop/spacing), z-scored
         if ann is None:
             unlabeled.append(tf(image.array))
             uids.append(c.id)
@@ -208,8 +207,7 @@ def load_training_data(spec, cache_dir: str | os.PathLike, propagation_config: o
 
 def load_validation(spec, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> list:
     """The ``val`` split's cases that carry a dense ``label`` (z-scored image, binary label)."""
-    from rada.dataset import load_image
-    from rada.io import read_volume
+    from rada.dataset import load_case
     from rada.train.validation import ValidationCase
 
     tf = transform or (lambda a: a)
@@ -217,8 +215,8 @@ def load_validation(spec, transform: Callable[[np.ndarray], np.ndarray] | None =
     for c in spec.split("val"):
         if c.label is None:
             continue
-        label = read_volume(spec.path(c.label)).array > 0
-        cases.append(ValidationCase(c.id, tf(load_image(spec, c).array), tf(label)))
+        image, _, label = load_case(spec, c, with_label=True)
+        cases.append(ValidationCase(c.id, tf(image.array), tf(label.array > 0)))
     return cases
 
 

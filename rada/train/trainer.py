@@ -525,8 +525,10 @@ def train_dataset(dataset: str | os.PathLike, run_dir: str | os.PathLike, config
                               progress=(lambda case: progress(f"loading {case}")) if progress else None)
     if info.enabled and info.main:
         barrier(info)
-    spacing = _median_spacing(spec)
-    preprocessing = {"dataset": spec.name, "organ": spec.organ, "prompt": spec.prompt, "spacing": spacing}
+    protocol = spec.protocol
+    spacing = list(protocol.spacing) if protocol.spacing else _median_spacing(spec)
+    preprocessing = {"dataset": spec.name, "organ": spec.organ, "prompt": spec.prompt, "spacing": spacing,
+                     "protocol": protocol.as_json()}
     return Trainer(config, data, run_dir, choice.embeddings, preprocessing, info,
                    guidance_reason=choice.reason).fit(resume, callback)
 

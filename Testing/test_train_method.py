@@ -149,24 +149,20 @@ def test_one_step_batch_composition_teacher_passes_and_noise(data, tmp_path):
         assert 0.04 < float((noise.abs() > 0.2 - 1e-6).float().mean()) < 0.051
 
 
-def test_labeled_part_of_the_batch_is_two_labeled_patches(data, tmp_path):
+def test_labeled_part_of_the_batch_is_two_labeled_patches(data, tmp_path, monkeypatch):
     """The supervised loss sees exactly the first 2 samples (weights and labels of 2 patches)."""
-    import rada.train.trainer as T
-
+    scope = Trainer.step.__globals__  # the module namespace Trainer.step reads view_losses from
     trainer = Trainer(_method_config(), data, tmp_path)
     seen = {}
-    original = T.view_losses
+    original = scope["view_losses"]
 
     def spy(logits, labels, weights, n_labeled, masks, beta, form):
         seen.update(n=n_labeled, labels={k: v.shape[0] for k, v in labels.items()},
                     batch={k: v.shape[0] for k, v in logits.items()})
         return original(logits, labels, weights, n_labeled, masks, beta, form)
 
-    T.view_losses = spy
-    try:
-        trainer.step(0)
-    finally:
-        T.view_losses = original
+    monkeypatch.setitem(scope, "view_losses", spy)
+    trainer.step(0)
     assert seen["n"] == 2 and set(seen["labels"].values()) == {2} and set(seen["batch"].values()) == {4}
 
 

@@ -117,12 +117,8 @@ def train_reduced(dataset: Path, run: Path, args: argparse.Namespace) -> object:
     from rada.nets import ModelConfig
     from rada.train import ScheduleConfig, TrainConfig, train_dataset
 
-    it = args.iterations
     # The paper's schedule shape, compressed to the run's length (milestones, ramps, alpha refreshes).
-    scale = it / 6000
-    schedule = ScheduleConfig(iterations=it, lr_milestones=(round(2500 * scale), round(5000 * scale)),
-                              alpha_refresh=max(1, round(1000 * scale)), alpha_step=max(1, round(150 * scale)),
-                              beta_step=max(1, round(150 * scale)))
+    schedule = ScheduleConfig().scaled(args.iterations)
     config = TrainConfig(model=ModelConfig.make(width=args.width), schedule=schedule, patch_size=args.patch,
                          device="cpu", checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                          progress=not args.quiet, seed=0)

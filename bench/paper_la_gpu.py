@@ -14,8 +14,8 @@ compressed to what fits:
 4. the measured numbers go to ``--out/gpu_result.json`` and to ``bench/RESULTS.md``.
 
     python bench/paper_la_gpu.py --out /tmp/rada-la-gpu                 # an H100
-    python bench/paper_la_gpu.py --device cpu --width 4 --patch 16,32,32 --shrink 3 \\
-        --val-cases 2 --budget-minutes 4 --out /tmp/rada-la-cpu-check    # the same code, on a CPU
+    python bench/paper_la_gpu.py --device cpu --threads 1 --width 4 --patch 16,32,32 --shrink 2 \\
+        --budget-minutes 6 --out /tmp/rada-la-cpu-check                  # the same code, on a CPU
 """
 
 from __future__ import annotations
@@ -45,12 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-cases", type=int, default=16)
     p.add_argument("--probe-iterations", type=int, default=12)
     p.add_argument("--margin-s", type=float, default=20.0, help="seconds kept for saving and the report")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 on a shared CPU: oversubscribed threads ran ~10x slower)")
     p.add_argument("--no-results", action="store_true", help="do not touch bench/RESULTS.md")
     args = p.parse_args(argv)
     t0 = time.monotonic()
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from rada.dataset import read_dataset
     from rada.nets import ModelConfig
     from rada.train import ScheduleConfig, TrainConfig, Trainer, load_training_data

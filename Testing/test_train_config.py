@@ -213,3 +213,16 @@ def test_validation_leaves_the_run_exact(tmp_path):
     b = train(data, tmp_path / "b", _tiny(3, validate_every=1))
     assert load_checkpoint(a.checkpoint)["content_hash"] == load_checkpoint(b.checkpoint)["content_hash"]
     assert len(a.validation["history"]) == 3 and b.validation["history"] == []
+
+
+def test_scaled_schedule_keeps_the_shape_of_the_paper_schedule():
+    from rada.train import schedules as S
+
+    full, short = ScheduleConfig(), ScheduleConfig().scaled(600)
+    assert short.iterations == 600 and short.lr_milestones == (250, 500)
+    assert (short.alpha_refresh, short.alpha_step, short.beta_step) == (100, 15, 15)
+    for t in (0, 100, 250, 300, 500, 599):  # the same values at the same fraction of the run
+        assert S.learning_rate(t, short) == pytest.approx(S.learning_rate(10 * t, full))
+        assert S.alpha(t, short) == pytest.approx(S.alpha(10 * t, full))
+        assert S.beta(t, short) == pytest.approx(S.beta(10 * t, full))
+        assert S.entropy_threshold(t, short) == pytest.approx(S.entropy_threshold(10 * t, full))

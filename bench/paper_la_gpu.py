@@ -106,14 +106,14 @@ def main(argv: list[str] | None = None) -> int:
 
     left = args.budget_minutes * 60 - (time.monotonic() - t0) - args.margin_s
     n_val = 4
-    iterations = int((left - n_val * s_val) / s_iter)
+    iterations = int((left - n_val * s_val) / s_iter) // n_val * n_val  # the last validation is at the end
     if iterations < 10:
         print(f"only {iterations} iterations fit in the budget (prepare {t_prepare:.0f} s, "
               f"{s_iter:.2f} s/iteration): nothing trained", file=sys.stderr)
         return 1
     schedule = ScheduleConfig().scaled(iterations)
-    config = replace(base, schedule=schedule, validate_every=max(1, iterations // n_val),
-                     checkpoint_every=max(1, iterations // n_val))
+    config = replace(base, schedule=schedule, validate_every=iterations // n_val,
+                     checkpoint_every=iterations // n_val)
     run = out / "run"
     shutil.rmtree(run, ignore_errors=True)
     say(f"training {iterations} iterations (schedule scaled from 6000)")

@@ -115,7 +115,8 @@ def test_trainer_logic_against_a_real_server(datasets, tmp_path):
 
     require_slicer_core()
     from RADASegmentationLib.backend import Backend, BackendConfig
-    from RADATrainerLib.logic import TrainerLogic
+    from RADATrainerLib.logic import TrainerLogic, update_validation_plot
+    from slicer_helpers import new_scene
 
     models = tmp_path / "models"
     backend = Backend(BackendConfig(device="cpu", models_dir=str(models), datasets_dir=str(datasets),
@@ -136,6 +137,11 @@ def test_trainer_logic_against_a_real_server(datasets, tmp_path):
         assert [it for it, *_ in task.validation] == [2, 4] and task.best is not None
         assert task.best[0] == max(d for _, d, _ in task.validation)
         assert logic.validation_summary(task).startswith("validation Dice ")
+        scene = new_scene()
+        chart = update_validation_plot(scene, task.validation)
+        table = scene.GetFirstNodeByName("RADA validation Dice table").GetTable()
+        assert chart.GetNumberOfPlotSeriesNodes() == 1 and table.GetNumberOfRows() == 2
+        assert table.GetValue(1, 1).ToDouble() == pytest.approx(task.validation[1][1])
         iterations = [it for it, _ in task.losses]  # the live loss (polling may miss lines)
         assert iterations and iterations == sorted(set(iterations)) and max(iterations) <= 4
         assert "atrium" in logic.models()

@@ -361,3 +361,44 @@ def update_loss_plot(scene, losses: list[tuple[int, float]], name: str = "RADA t
         chart.SetXAxisTitle("iteration")
         chart.SetYAxisTitle("loss")
     return chart
+
+
+def update_validation_plot(scene, validation: list[tuple[int, float, float | None]],
+                           name: str = "RADA validation Dice"):
+    """Table + plot series + chart nodes of the validation Dice per iteration (from
+    :attr:`TrainTask.validation`); returns the chart node. The panel shows it beside the loss."""
+    import vtk
+
+    table_node = scene.GetFirstNodeByName(f"{name} table")
+    if table_node is None:
+        table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} table")
+    table = table_node.GetTable()
+    if table.GetNumberOfColumns() != 3:
+        table.Initialize()
+        for column_name, cls in (("iteration", vtk.vtkIntArray), ("dice", vtk.vtkDoubleArray),
+                                 ("hd95", vtk.vtkDoubleArray)):
+            column = cls()
+            column.SetName(column_name)
+            table.AddColumn(column)
+    table.SetNumberOfRows(len(validation))
+    for row, (iteration, dice, hd95) in enumerate(validation):
+        table.SetValue(row, 0, vtk.vtkVariant(int(iteration)))
+        table.SetValue(row, 1, vtk.vtkVariant(float(dice)))
+        table.SetValue(row, 2, vtk.vtkVariant(float("nan") if hd95 is None else float(hd95)))
+    table.Modified()
+    table_node.Modified()
+    series = scene.GetFirstNodeByName(f"{name} series")
+    if series is None:
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} series")
+        series.SetAndObserveTableNodeID(table_node.GetID())
+        series.SetXColumnName("iteration")
+        series.SetYColumnName("dice")
+        series.SetPlotType(series.PlotTypeScatter)
+    chart = scene.GetFirstNodeByName(f"{name} chart")
+    if chart is None:
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{name} chart")
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        chart.SetTitle("Validation Dice")
+        chart.SetXAxisTitle("iteration")
+        chart.SetYAxisTitle("Dice")
+    return chart

@@ -94,7 +94,7 @@ def test_guidance_embedding_changes_the_output():
     a = net(x)
     net.set_embedding(torch.rand(1024) * 5)
     assert not torch.allclose(a, net(x))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^this network was built without guidance$"):
         ViewNet(ModelConfig.make(width=4, guidance=False)).set_embedding(torch.zeros(1024))
 
 

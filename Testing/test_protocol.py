@@ -73,7 +73,7 @@ def test_resampling_keeps_one_annotated_slice_per_axis_on_the_organ(ct):
 def test_dataset_protocol_option_is_validated_and_applied(ct_dir, tmp_path):
     from rada.io import write_volume
 
-    image, label = read_volume(ct_dir / "image.nii.gz"), read_volume(ct_dir / "label.nii.gz")
+    label = read_volume(ct_dir / "label.nii.gz")
     write_volume(SparseAnnotation.from_dense(label).labels, tmp_path / "sparse.nii.gz")
     case = CaseEntry("liver", str(ct_dir / "image.nii.gz"), "sparse.nii.gz", str(ct_dir / "label.nii.gz"))
     write_dataset(DatasetSpec("ct", "liver", "CT", cases=[case], root=tmp_path, preprocessing=LITS), tmp_path)

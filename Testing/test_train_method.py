@@ -24,7 +24,7 @@ from torch import nn
 
 from rada.nets import VIEWS, ModelConfig, ViewNet
 from rada.nets.vnet import VNet, VNetConfig
-from rada.train import LabeledCase, ScheduleConfig, TrainConfig, Trainer, TrainingData
+from rada.train import LabeledCase, TrainConfig, Trainer, TrainingData
 from rada.train.cotraining import teacher_mean_probability
 from rada.train.data import rot_flip
 from rada.train.trainer import _iteration_seed

@@ -172,3 +172,11 @@ def test_noise_is_clipped():
     x = torch.zeros(2, 1, 8, 8, 8)
     n = noisy_copies(x, 8, std=0.1, clip=0.2)
     assert n.shape == (16, 1, 8, 8, 8) and n.abs().max() <= 0.2 and n.std() == pytest.approx(0.1, rel=0.1)
+
+
+def test_sigmoid_ramp_edges():
+    """ramp(x, L) = exp(-5 (1 - clip(x, 0, L) / L)^2); a zero-length ramp is already complete."""
+    assert S.sigmoid_ramp(0, 0) == 1.0 and S.sigmoid_ramp(7, 0) == 1.0
+    assert S.sigmoid_ramp(0, 1) == pytest.approx(math.exp(-5)) and S.sigmoid_ramp(1, 1) == 1.0
+    assert S.sigmoid_ramp(-3, 10) == pytest.approx(math.exp(-5)) and S.sigmoid_ramp(30, 10) == 1.0
+    assert S.sigmoid_ramp(5, 10) == pytest.approx(math.exp(-5 * 0.25))

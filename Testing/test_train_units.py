@@ -180,3 +180,12 @@ def test_sigmoid_ramp_edges():
     assert S.sigmoid_ramp(0, 1) == pytest.approx(math.exp(-5)) and S.sigmoid_ramp(1, 1) == 1.0
     assert S.sigmoid_ramp(-3, 10) == pytest.approx(math.exp(-5)) and S.sigmoid_ramp(30, 10) == 1.0
     assert S.sigmoid_ramp(5, 10) == pytest.approx(math.exp(-5 * 0.25))
+
+
+def test_beta_is_a_staircase_and_the_entropy_ramp_length_is_configurable():
+    cfg = S.ScheduleConfig()
+    assert S.beta(149, cfg) == S.beta(0, cfg) == pytest.approx(0.1 * math.exp(-5))  # t // 150, not t / 150
+    assert S.beta(150, cfg) == pytest.approx(0.1 * S.sigmoid_ramp(1, 40)) and S.beta(299, cfg) == S.beta(150, cfg)
+    short = S.ScheduleConfig(entropy_ramp=100)
+    assert S.entropy_threshold(100, short) == pytest.approx(math.log(2))  # ramp done at 100, not at 6000
+    assert S.entropy_threshold(100, cfg) < S.entropy_threshold(100, short)

@@ -37,7 +37,7 @@ def test_guidance_head_blocks_paper_width():
     head = GuidanceHead(256, 16, HeadConfig())
     lin = [m for m in head.adapter if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features, m.bias) for m in lin] == [(1024, 256, None), (256, 1024, None)]
-    assert isinstance(head.adapter[-1], nn.ReLU)
+    assert [type(m) for m in head.adapter] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU]  # ReLU between too
     assert (head.projection[0].in_features, head.projection[0].out_features) == (1024, 256)
     assert isinstance(head.projection[1], nn.ReLU)
     gn, _, pool, conv = head.gap
@@ -94,10 +94,19 @@ def test_guidance_embedding_changes_the_output():
     a = net(x)
     net.set_embedding(torch.rand(1024) * 5)
     assert not torch.allclose(a, net(x))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^this network was built without guidance$"):
         ViewNet(ModelConfig.make(width=4, guidance=False)).set_embedding(torch.zeros(1024))
 
 
 def test_model_config_round_trip():
     cfg = ModelConfig.make(width=4, guidance=False)
     assert ModelConfig.from_dict(cfg.as_dict()) == cfg
+
+
+def test_region_embedding_of_a_batch_of_embeddings():
+    torch.manual_seed(0)
+    head = GuidanceHead(64, 4, HeadConfig())
+    batch = torch.rand(3, 1024)
+    e = head.region_embedding(batch)
+    assert e.shape == (3, 256) and (e >= 0).all()  # ReLU(Linear(1024 -> 256)) per embedding
+    assert torch.allclose(e[1], head.region_embedding(batch[1])[0], atol=1e-6)

@@ -67,6 +67,7 @@ def test_cli_train_resume_and_predict(la_dir, la_case_ids, tmp_path, capsys, mon
                                                lambda i, a, c: _fake_result(dense, a), "dense", views)
 
     monkeypatch.setattr(train_data, "cached_pseudo_labels", pseudo)
+    monkeypatch.setenv("RADA_HOME", str(tmp_path / "home"))  # no encoder weights: guidance auto -> off
     run = tmp_path / "run"
     common = ["train", str(tmp_path / "ds"), "--out", str(run), "--width", "4", "--patch", "32,32,32",
               "--device", "cpu", "--quiet", "--checkpoint-every", "1"]
@@ -74,6 +75,8 @@ def test_cli_train_resume_and_predict(la_dir, la_case_ids, tmp_path, capsys, mon
     assert main(common + ["--iterations", "3", "--resume"]) == 0
     out = json.loads(capsys.readouterr().out.split("\n}\n")[-2] + "\n}")
     assert out["iterations"] == 3 and out["guidance"]["enabled"] is False
+    assert "rada weights download" in out["guidance"]["reason"]  # the reason is shown, not only stored
+    assert out["best_iteration"] == 3 and 0.0 <= out["best_val_dice"] <= 1.0  # validated at the end
     assert (run / "pseudo_labels" / f"{ids[0]}.npz").exists() and (run / "loss.png").exists()
     assert main(common + ["--iterations", "3"]) == 2  # existing run without --resume: a clear error
 

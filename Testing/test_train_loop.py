@@ -74,7 +74,8 @@ def test_twenty_iterations_on_real_la_decrease_the_loss(la_data, tmp_path):
     assert result.curve is not None and result.curve.stat().st_size > 1000
     ckpt = load_checkpoint(result.checkpoint)
     assert ckpt["iteration"] == 20 and set(ckpt["views"]) == {"sagittal", "coronal", "axial"}
-    assert set(ckpt["optimizers"]) == set(ckpt["views"]) and ckpt["guidance"] == {"enabled": False}
+    assert set(ckpt["optimizers"]) == set(ckpt["views"]) and ckpt["guidance"]["enabled"] is False
+    assert ckpt["guidance"]["reason"] == "guidance off: no guidance embeddings given"
     assert ckpt["preprocessing"]["intensity"] == "zscore" and ckpt["preprocessing"]["patch_size"] == [32, 32, 32]
     assert ckpt["versions"]["torch"] == torch.__version__ and len(ckpt["content_hash"]) == 64
     assert TrainConfig.from_dict(ckpt["config"]) == tiny_config(20)

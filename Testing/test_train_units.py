@@ -172,3 +172,49 @@ def test_noise_is_clipped():
     x = torch.zeros(2, 1, 8, 8, 8)
     n = noisy_copies(x, 8, std=0.1, clip=0.2)
     assert n.shape == (16, 1, 8, 8, 8) and n.abs().max() <= 0.2 and n.std() == pytest.approx(0.1, rel=0.1)
+
+
+def test_sigmoid_ramp_edges():
+    """ramp(x, L) = exp(-5 (1 - clip(x, 0, L) / L)^2); a zero-length ramp is already complete."""
+    assert S.sigmoid_ramp(0, 0) == 1.0 and S.sigmoid_ramp(7, 0) == 1.0
+    assert S.sigmoid_ramp(0, 1) == pytest.approx(math.exp(-5)) and S.sigmoid_ramp(1, 1) == 1.0
+    assert S.sigmoid_ramp(-3, 10) == pytest.approx(math.exp(-5)) and S.sigmoid_ramp(30, 10) == 1.0
+    assert S.sigmoid_ramp(5, 10) == pytest.approx(math.exp(-5 * 0.25))
+
+
+def test_beta_is_a_staircase_and_the_entropy_ramp_length_is_configurable():
+    cfg = S.ScheduleConfig()
+    assert S.beta(149, cfg) == S.beta(0, cfg) == pytest.approx(0.1 * math.exp(-5))  # t // 150, not t / 150
+    assert S.beta(150, cfg) == pytest.approx(0.1 * S.sigmoid_ramp(1, 40)) and S.beta(299, cfg) == S.beta(150, cfg)
+    short = S.ScheduleConfig(entropy_ramp=100)
+    assert S.entropy_threshold(100, short) == pytest.approx(math.log(2))  # ramp done at 100, not at 6000
+    assert S.entropy_threshold(100, cfg) < S.entropy_threshold(100, short)
+
+
+def test_losses_on_batches_and_the_degenerate_cases_of_view_losses():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 2, 5)
+    target = torch.randint(0, 2, (2, 5))
+    weight = torch.rand(2, 5)
+    logp = torch.log_softmax(logits, 1)
+    nll = -torch.stack([logp[b, target[b, i], i] for b in range(2) for i in range(5)]).reshape(2, 5)
+    assert weighted_cross_entropy(logits, target, weight).item() == pytest.approx(
+        ((weight * nll).sum() / weight.sum()).item(), rel=1e-6)  # a batch of 2, not only 1
+    mask = torch.tensor([[True, True, False, True, False], [False, True, False, False, True]])
+    assert masked_cross_entropy(logits, target, mask).item() == pytest.approx(nll[mask].mean().item(), rel=1e-6)
+    # No unlabeled part (no masks): total = supervised loss in both forms; unsup = 0.
+    two = {v.name: torch.randn(2, 2, 3, 3, 3) for v in VIEWS}
+    labels = {v.name: torch.randint(0, 2, (2, 3, 3, 3)) for v in VIEWS}
+    weights = {v.name: torch.rand(2, 3, 3, 3) for v in VIEWS}
+    for form in ("sgtc", "paper"):
+        out = view_losses(two, labels, weights, 2, None, 0.1, form)
+        assert all(o["total"].item() == o["sup"].item() and o["unsup"].item() == 0.0 for o in out.values())
+    default = view_losses(two, labels, weights, 2, None, 0.1)
+    assert default["axial"]["total"].item() == out["axial"]["total"].item()  # the default form is valid
+    with pytest.raises(ValueError, match="unknown loss form 'mine'"):
+        view_losses(two, labels, weights, 2, None, 0.1, "mine")
+    # The paper form averages over the other views: with 2 views there is one other view.
+    pair = {k: torch.randn(4, 2, 3, 3, 3) for k in ("sagittal", "axial")}
+    masks = {k: torch.ones(2, 3, 3, 3, dtype=torch.bool) for k in pair}
+    out = view_losses(pair, labels, weights, 2, masks, 0.1, "paper")["axial"]
+    assert out["total"].item() == pytest.approx(0.9 * out["sup"].item() + 0.1 * out["unsup"].item(), rel=1e-6)

@@ -328,13 +328,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", help="dataset folder (or its dataset.json)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--config", default=None, help="JSON file with TrainConfig fields (overridden by the flags below)")
-    p.add_argument("--guidance", default=None,
-                   help="guidance embeddings file (rada embed); without it the plain tri-view model is trained")
+    p.add_argument("--guidance", default="auto",
+                   help="guidance embeddings file (rada embed), 'auto' (default: the dataset's "
+                        "guidance_embeddings.npz, else computed if the encoder weights are installed, else off "
+                        "with the reason in the checkpoint) or 'off'")
     p.add_argument("--iterations", type=int, default=None, help="default 6000")
     p.add_argument("--width", type=int, default=None, help="V-Net base width (default 16)")
     p.add_argument("--patch", type=_int_triple, default=None, help="training patch z,y,x (default 80,112,112)")
     p.add_argument("--loss-form", choices=["sgtc", "paper"], default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--validate-every", type=int, default=None,
+                   help="validation Dice/HD95 on the dataset's val cases every N iterations (default 500, 0: never)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--no-bf16", action="store_true", help="full fp32 on CUDA")
@@ -353,32 +357,32 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.config:
         try:
             raw = json.loads(Path(args.config).read_text())
-            cfg = TrainConfig.from_dict({**cfg.as_dict(), **raw})
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, ValueError) as exc:
             raise InputError(f"cannot use config {args.config}: {exc}") from None
-    guidance = None
-    if args.guidance:
-        from rada.guidance import load_embeddings
-
-        guidance = load_embeddings(args.guidance)
-    guided = guidance is not None and getattr(guidance, "enabled", True)
-    width = args.width or cfg.model.backbone.width
+        cfg = TrainConfig.from_dict(raw, cfg)  # partial and nested; unknown keys/types are one-line errors
     sched = cfg.schedule if args.iterations is None else replace(cfg.schedule, iterations=args.iterations)
     overrides = {k: v for k, v in {"patch_size": args.patch, "loss_form": args.loss_form, "seed": args.seed,
-                                   "checkpoint_every": args.checkpoint_every, "device": args.device}.items()
+                                   "checkpoint_every": args.checkpoint_every, "device": args.device,
+                                   "validate_every": args.validate_every}.items()
                  if v is not None}
-    model = replace(cfg.model, backbone=replace(cfg.model.backbone, width=width),
-                    head=replace(cfg.model.head, embedding_dim=1024 if guided else 0))
-    cfg = replace(cfg, model=model, schedule=sched,
-                  bf16=cfg.bf16 and not args.no_bf16, progress=not args.quiet, **overrides)
-    result = train_dataset(args.dataset, args.out, cfg, guidance if guided else None, resume=args.resume)
+    backbone = cfg.model.backbone if args.width is None else replace(cfg.model.backbone, width=args.width)
+    cfg = replace(cfg, model=replace(cfg.model, backbone=backbone), schedule=sched,
+                  bf16=cfg.bf16 and not args.no_bf16, progress=not args.quiet, **overrides).validate()
+    guidance = args.guidance
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(f"rada train: {message}", file=sys.stderr)
+
+    result = train_dataset(args.dataset, args.out, cfg, guidance, resume=args.resume, progress=progress)
     import os
 
     if os.environ.get("RANK", "0") == "0":
         _print_json({"checkpoint": str(result.checkpoint), "iterations": result.iterations, "log": str(result.log),
-                     "curve": str(result.curve) if result.curve else None,
-                     "guidance": {"enabled": guided} if guided else
-                     {"enabled": False, "reason": "no guidance embeddings given (--guidance)"}})
+                     "curve": str(result.curve) if result.curve else None, "guidance": result.guidance,
+                     "best": str(result.best) if result.best else None,
+                     "best_val_dice": result.validation.get("best_dice"),
+                     "best_iteration": result.validation.get("best_iteration")})
     return 0
 
 

@@ -55,6 +55,7 @@ class DatasetSpec:
     prompt: str = ""
     cases: list[CaseEntry] = field(default_factory=list)
     root: Path = Path(".")
+    preprocessing: dict = field(default_factory=dict)   # rada.protocol.Protocol (e.g. the CT protocol)
 
     def __post_init__(self) -> None:
         if not self.prompt:
@@ -75,8 +76,18 @@ class DatasetSpec:
         return [c for c in self.split(split) if not c.labeled]
 
     def as_json(self) -> dict:
-        return {"name": self.name, "organ": self.organ, "prompt": self.prompt, "modality": self.modality,
-                "cases": [{k: v for k, v in asdict(c).items()} for c in self.cases]}
+        out = {"name": self.name, "organ": self.organ, "prompt": self.prompt, "modality": self.modality,
+               "cases": [{k: v for k, v in asdict(c).items()} for c in self.cases]}
+        if self.preprocessing:
+            out["preprocessing"] = dict(self.preprocessing)
+        return out
+
+    @property
+    def protocol(self):
+        """The dataset's :class:`rada.protocol.Protocol` (validated)."""
+        from rada.protocol import Protocol
+
+        return Protocol.from_json(self.preprocessing)
 
     def validate(self, check_files: bool = True) -> "DatasetSpec":
         """Raise :class:`InputError` with one line when the dataset cannot be trained on."""
@@ -96,6 +107,7 @@ class DatasetSpec:
                         raise InputError(f"case {c.id}: {key} file not found: {self.path(value)}")
         if not self.labeled("train"):
             raise InputError("dataset has no labeled training case (a case with an 'annotation')")
+        self.protocol  # noqa: B018 - raises InputError for a bad 'preprocessing'
         return self
 
 
@@ -114,7 +126,8 @@ def read_dataset(path: str | os.PathLike, check_files: bool = True) -> DatasetSp
         cases = [CaseEntry(id=str(c["id"]), image=c["image"], annotation=c.get("annotation"),
                            label=c.get("label"), split=c.get("split", "train")) for c in raw["cases"]]
         spec = DatasetSpec(name=raw["name"], organ=raw["organ"], modality=raw.get("modality", ""),
-                           prompt=raw.get("prompt", ""), cases=cases, root=p.parent.resolve())
+                           prompt=raw.get("prompt", ""), cases=cases, root=p.parent.resolve(),
+                           preprocessing=dict(raw.get("preprocessing") or {}))
     except (KeyError, TypeError) as exc:
         raise InputError(f"{p}: malformed dataset.json (missing or wrong field {exc})") from None
     return spec.validate(check_files)
@@ -143,6 +156,19 @@ def load_image(spec: DatasetSpec, case: CaseEntry) -> Volume:
 
     image = read_volume(spec.path(case.image))
     return image.with_array(zscore(image.array))
+
+
+def load_case(spec: DatasetSpec, case: CaseEntry, with_label: bool = False):
+    """A case after the dataset's protocol (:mod:`rada.protocol`): the z-scored image, its sparse
+    annotation (None if unlabeled) and, with ``with_label``, its dense label (None if absent)."""
+    from rada.io import read_volume
+    from rada.protocol import apply
+
+    raw = read_volume(spec.path(case.image))
+    label = read_volume(spec.path(case.label)) if with_label and case.label is not None else None
+    prepared = apply(spec.protocol, raw, load_annotation(spec, case), label)
+    image = prepared.image
+    return image.with_array(zscore(image.array)), prepared.annotation, prepared.label
 
 
 def load_annotation(spec: DatasetSpec, case: CaseEntry) -> SparseAnnotation | None:
@@ -216,5 +242,5 @@ def iter_entries(spec: DatasetSpec, ids: Iterable[str]) -> list[CaseEntry]:
     return [by_id[i] for i in ids]
 
 
-__all__ = ["CaseEntry", "DatasetSpec", "read_dataset", "write_dataset", "zscore", "load_image",
+__all__ = ["CaseEntry", "DatasetSpec", "read_dataset", "write_dataset", "zscore", "load_image", "load_case",
            "load_annotation", "SplitFile", "build_la2018", "DEFAULT_PROMPT", "SPLITS"]

@@ -167,13 +167,18 @@ def predict(image: Volume, model: str | os.PathLike | TriViewModel, config: Infe
     from rada.dataset import zscore
     from rada.train.distributed import select_device
 
+    from rada.protocol import to_input_grid, to_model_grid
+
     device = select_device(config.device)
     meta: dict = {}
     if not isinstance(model, TriViewModel):
         model, meta = load_model(model, device)
         patch_size = patch_size or meta.get("preprocessing", {}).get("patch_size")
     model = model.to(device).eval()
-    prob = predict_probability(model, zscore(image.array), config, patch_size)
+    # The checkpoint's protocol (HU window, spacing): predict on its grid, come back to the input's.
+    model_input = to_model_grid(image, meta.get("preprocessing", {}))
+    prob = predict_probability(model, zscore(model_input.array), config, patch_size)
+    prob = to_input_grid(model_input.with_array(prob.astype(np.float32)), image).array
     label = (prob >= config.threshold).astype(np.uint8)
     if annotation is not None and config.constrain_to_annotation:
         mismatch = image.grid_mismatch(annotation.labels)
@@ -183,7 +188,8 @@ def predict(image: Volume, model: str | os.PathLike | TriViewModel, config: Infe
         label[known] = annotation.array[known]
     info = {"device": str(device), "view": config.view, "blending": config.blending,
             "guidance": meta.get("guidance", {}).get("enabled", model.guided) if meta else model.guided,
-            "content_hash": meta.get("content_hash")}
+            "content_hash": meta.get("content_hash"),
+            "model_grid": {"spacing": list(model_input.spacing), "shape_zyx": list(model_input.shape)}}
     return Prediction(image.with_array(label), image.with_array(prob.astype(np.float32)), info)
 
 

@@ -24,6 +24,8 @@ from rada.annotation import from_painting
 from rada.errors import InputError
 
 LOSS_RE = re.compile(r"iteration\s+(\d+)\s*/\s*(\d+).*?loss\s+([-+0-9.eE]+|nan|inf)")
+VAL_RE = re.compile(r"iteration\s+(\d+)\s*/.*?val dice\s+([0-9.]+)(?:,\s*hd95\s+([0-9.]+))?")
+BEST_RE = re.compile(r"best\s+([0-9.]+)\s*@\s*(\d+)")
 
 
 @dataclass
@@ -187,10 +189,27 @@ class TrainTask:
     error: str | None = None
     report: dict[str, Any] | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
+    #: (iteration, validation Dice, HD95 in voxels or None), from the progress messages
+    validation: list[tuple[int, float, float | None]] = field(default_factory=list)
+    best: tuple[float, int] | None = None     # (best validation Dice, its iteration)
 
     @property
     def finished(self) -> bool:
         return self.state in ("done", "failed", "cancelled")
+
+
+def parse_validation(message: str) -> tuple[int, float, float | None] | None:
+    """``(iteration, dice, hd95)`` from a train job's progress line with a validation, else None."""
+    match = VAL_RE.search(message or "")
+    if not match:
+        return None
+    return int(match.group(1)), float(match.group(2)), float(match.group(3)) if match.group(3) else None
+
+
+def parse_best(message: str) -> tuple[float, int] | None:
+    """``(best dice, iteration)`` from a train job's progress line, else None."""
+    match = BEST_RE.search(message or "")
+    return (float(match.group(1)), int(match.group(2))) if match else None
 
 
 def parse_loss(message: str) -> tuple[int, float] | None:
@@ -218,9 +237,15 @@ class TrainerLogic:
         return folder.name
 
     def start(self, dataset: str, model_name: str = "", iterations: int | None = None,
-              device: str | None = None, resume: bool = True, checkpoint_every: int | None = None) -> TrainTask:
-        """Queue a training job. ``resume`` continues a stopped run of the same model name."""
+              device: str | None = None, resume: bool = True, checkpoint_every: int | None = None,
+              validate_every: int | None = None, config: dict[str, Any] | None = None) -> TrainTask:
+        """Queue a training job. ``resume`` continues a stopped run of the same model name;
+        ``config`` is a partial nested TrainConfig (validated by the server before any work)."""
         options: dict[str, Any] = {"dataset": dataset, "resume": bool(resume)}
+        if validate_every is not None:
+            options["validate_every"] = int(validate_every)
+        if config:
+            options["config"] = dict(config)
         if model_name:
             options["model_name"] = model_name
         if iterations:
@@ -240,11 +265,24 @@ class TrainerLogic:
         point = parse_loss(status.message)
         if point is not None and (not task.losses or task.losses[-1][0] != point[0]):
             task.losses.append(point)
+        _update_validation(task, status.message)
         if status.state == "done":
             task.report = status.report or {}
+            _validation_from_report(task)
         elif status.state == "failed":
             task.error = status.error
         return task
+
+    @staticmethod
+    def validation_summary(task: TrainTask) -> str:
+        """One line for the panel: the last validation and the best so far (or why there is none)."""
+        if not task.validation:
+            return "no validation yet (the dataset needs 'val' cases with a dense label)"
+        it, dice, hd = task.validation[-1]
+        text = f"validation Dice {dice:.3f}" + (f", HD95 {hd:.1f} vox" if hd is not None else "") + f" @ {it}"
+        if task.best is not None:
+            text += f"; best {task.best[0]:.3f} @ {task.best[1]}"
+        return text
 
     def stop(self, task: TrainTask) -> None:
         """Stop at the next iteration; the last checkpoint stays for a resume."""
@@ -253,6 +291,25 @@ class TrainerLogic:
 
     def models(self) -> list[str]:
         return self.backend.models()
+
+
+def _update_validation(task: TrainTask, message: str) -> None:
+    point = parse_validation(message)
+    if point is not None and (not task.validation or task.validation[-1][0] != point[0]):
+        task.validation.append(point)
+    best = parse_best(message)
+    if best is not None:
+        task.best = best
+
+
+def _validation_from_report(task: TrainTask) -> None:
+    """The finished job's report holds every validation: it fills the points polling missed."""
+    val = (task.report or {}).get("validation") or {}
+    history = val.get("history") or []
+    if history:
+        task.validation = [(int(h["iteration"]), float(h["dice"]), h.get("hd95")) for h in history]
+    if val.get("best_dice") is not None:
+        task.best = (float(val["best_dice"]), int(val["best_iteration"]))
 
 
 def checkpoints(models_dir: str | Path) -> list[dict[str, Any]]:
@@ -303,4 +360,45 @@ def update_loss_plot(scene, losses: list[tuple[int, float]], name: str = "RADA t
         chart.SetTitle("Training loss")
         chart.SetXAxisTitle("iteration")
         chart.SetYAxisTitle("loss")
+    return chart
+
+
+def update_validation_plot(scene, validation: list[tuple[int, float, float | None]],
+                           name: str = "RADA validation Dice"):
+    """Table + plot series + chart nodes of the validation Dice per iteration (from
+    :attr:`TrainTask.validation`); returns the chart node. The panel shows it beside the loss."""
+    import vtk
+
+    table_node = scene.GetFirstNodeByName(f"{name} table")
+    if table_node is None:
+        table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} table")
+    table = table_node.GetTable()
+    if table.GetNumberOfColumns() != 3:
+        table.Initialize()
+        for column_name, cls in (("iteration", vtk.vtkIntArray), ("dice", vtk.vtkDoubleArray),
+                                 ("hd95", vtk.vtkDoubleArray)):
+            column = cls()
+            column.SetName(column_name)
+            table.AddColumn(column)
+    table.SetNumberOfRows(len(validation))
+    for row, (iteration, dice, hd95) in enumerate(validation):
+        table.SetValue(row, 0, vtk.vtkVariant(int(iteration)))
+        table.SetValue(row, 1, vtk.vtkVariant(float(dice)))
+        table.SetValue(row, 2, vtk.vtkVariant(float("nan") if hd95 is None else float(hd95)))
+    table.Modified()
+    table_node.Modified()
+    series = scene.GetFirstNodeByName(f"{name} series")
+    if series is None:
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} series")
+        series.SetAndObserveTableNodeID(table_node.GetID())
+        series.SetXColumnName("iteration")
+        series.SetYColumnName("dice")
+        series.SetPlotType(series.PlotTypeScatter)
+    chart = scene.GetFirstNodeByName(f"{name} chart")
+    if chart is None:
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{name} chart")
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        chart.SetTitle("Validation Dice")
+        chart.SetXAxisTitle("iteration")
+        chart.SetYAxisTitle("Dice")
     return chart

@@ -498,14 +498,44 @@ class SegmentRunner:
         return JobOutput(result.label, report)
 
 TRAIN_OPTIONS = {"dataset": str, "model_name": str, "iterations": int, "device": str, "seed": int,
-                 "resume": bool, "checkpoint_every": int}
+                 "resume": bool, "checkpoint_every": int, "validate_every": int, "guidance": str, "config": dict}
+
+
+def train_message(iteration: int, total: int, values: Mapping[str, Any], best: Mapping[str, Any]) -> str:
+    """The train job's progress line: ``iteration i/N, loss x[, val dice d, hd95 h][, best b @ it]``
+    (RADATrainerLib.logic parses it for the live curves)."""
+    import math
+
+    text = f"iteration {iteration}/{total}, loss {values.get('loss', 0.0):.4f}"
+    dice = values.get("val_dice")
+    if dice is not None and math.isfinite(dice):
+        hd = values.get("val_hd95")
+        text += f", val dice {dice:.4f}" + (f", hd95 {hd:.2f}" if hd is not None and math.isfinite(hd) else "")
+    if best.get("best_dice") is not None:
+        text += f", best {best['best_dice']:.4f} @ {best['best_iteration']}"
+    return text
+
+
+def train_config_from_options(options: Mapping[str, Any], settings: Any) -> Any:
+    """The job's :class:`rada.train.TrainConfig`: ``config`` (a partial nested TrainConfig) then
+    the plain options on top; validated (one-line :class:`InputError`)."""
+    import dataclasses
+
+    from rada.train import TrainConfig
+
+    config = TrainConfig.from_dict(options.get("config") or {}, TrainConfig(device=settings.device))
+    plain = {k: options[k] for k in ("device", "seed", "checkpoint_every", "validate_every") if k in options}
+    config = dataclasses.replace(config, progress=False, **plain)
+    if "iterations" in options:
+        config = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule,
+                                                                          iterations=options["iterations"]))
+    return config.validate()
 
 
 def run_train_job(ctx: JobContext) -> JobOutput:
-    """Train on a dataset of the server's datasets folder; the checkpoint becomes a named model."""
-    import dataclasses
-
-    from rada.train import ScheduleConfig, TrainConfig, train_dataset
+    """Train on a dataset of the server's datasets folder; the best validated checkpoint (else
+    the last) becomes a named model. Every option is checked before any expensive step."""
+    from rada.train import train_dataset
 
     options = _check_options(ctx.options, TRAIN_OPTIONS, "train")
     settings = ctx.settings
@@ -519,29 +549,39 @@ def run_train_job(ctx: JobContext) -> JobOutput:
         raise InputError(f"model_name {name[:80]!r} must be a plain name (letters, digits, '.', '_', '-')")
     if settings.models_dir is None:
         raise InputError("this server has no models folder (start it with --models-dir) to keep the model in")
-    config = TrainConfig(device=options.get("device", settings.device), seed=options.get("seed", 0),
-                         progress=False, checkpoint_every=options.get("checkpoint_every", 500))
-    if "iterations" in options:
-        if options["iterations"] < 1:
-            raise InputError("iterations must be at least 1")
-        config = dataclasses.replace(config, schedule=dataclasses.replace(
-            ScheduleConfig(), iterations=options["iterations"]))
+    guidance = options.get("guidance", "auto")
+    if guidance not in ("auto", "off"):
+        raise InputError(f"train option 'guidance' must be auto or off, not {guidance[:40]!r}")
+    config = train_config_from_options(options, settings)
     total = config.schedule.iterations
     run_dir = settings.models_dir / f".run-{name}" if options.get("resume") else ctx.workdir / "run"
+    best: dict[str, Any] = {}
 
     def callback(iteration: int, values: dict) -> None:
         ctx.check_cancel()
-        ctx.progress(iteration / total, "train", f"iteration {iteration}/{total}, loss {values.get('loss', 0):.4f}")
+        if "val_dice" in values:
+            if best.get("best_dice") is None or values["val_dice"] > best["best_dice"]:
+                best.update(best_dice=values["val_dice"], best_iteration=iteration)
+        ctx.progress(iteration / total, "train", train_message(iteration, total, values, best))
 
-    ctx.progress(0.0, "prepare", "propagating pseudo-labels and loading the dataset")
-    result = train_dataset(settings.datasets_dir / dataset, run_dir, config, resume=bool(options.get("resume")),
-                           callback=callback)
+    def progress(message: str) -> None:
+        ctx.check_cancel()
+        ctx.progress(0.0, "prepare", message)
+
+    ctx.progress(0.0, "prepare", "checking the dataset and the settings")
+    result = train_dataset(settings.datasets_dir / dataset, run_dir, config, guidance,
+                           resume=bool(options.get("resume")), callback=callback, progress=progress)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     target = settings.models_dir / f"{name}.pt"
     tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(result.checkpoint, tmp)
+    shutil.copyfile(result.best or result.checkpoint, tmp)
     tmp.replace(target)
-    return JobOutput(None, {"model": name, "iterations": result.iterations, "dataset": dataset})
+    history = [{k: h[k] for k in ("iteration", "dice", "hd95", "empty")} for h in result.validation.get("history", [])]
+    return JobOutput(None, {"model": name, "iterations": result.iterations, "dataset": dataset,
+                            "guidance": result.guidance, "selected": "best" if result.best else "last",
+                            "validation": {"best_dice": result.validation.get("best_dice"),
+                                           "best_iteration": result.validation.get("best_iteration"),
+                                           "history": history}})
 
 
 def check_train_options(options: Mapping[str, Any], settings: Any) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class TrainingData:
     labeled: list[LabeledCase]
     unlabeled: list[np.ndarray]
     unlabeled_ids: list[str] = field(default_factory=list)
+    validation: list = field(default_factory=list)   # rada.train.validation.ValidationCase
 
     def __post_init__(self) -> None:
         if not self.labeled:
@@ -186,15 +187,14 @@ def load_training_data(spec, cache_dir: str | os.PathLike, propagation_config: o
     """Load a :class:`rada.dataset.DatasetSpec`'s training split: z-scored images, pseudo-labels
     (propagated once per labeled case, cached in ``cache_dir``), unlabeled images.
     ``transform`` (e.g. a downscale, in tests) is applied to every array before use."""
-    from rada.dataset import load_annotation, load_image
+    from rada.dataset import load_case
 
     tf = transform or (lambda a: a)
     labeled, unlabeled, uids = [], [], []
     for c in spec.split("train"):
         if progress:
             progress(c.id)
-        image = load_image(spec, c)
-        ann = load_annotation(spec, c)
+        image, ann, _ = load_case(spec, c)  # the dataset's protocol (e.g. CT window/crop/spacing), z-scored
         if ann is None:
             unlabeled.append(tf(image.array))
             uids.append(c.id)
@@ -202,7 +202,22 @@ def load_training_data(spec, cache_dir: str | os.PathLike, propagation_config: o
         labels, dist, known = cached_pseudo_labels(c.id, image, ann, cache_dir, config=propagation_config)
         labeled.append(LabeledCase(c.id, tf(image.array), {k: tf(v) for k, v in labels.items()},
                                    {k: tf(v) for k, v in dist.items()}, tf(known)))
-    return TrainingData(labeled, unlabeled, uids)
+    return TrainingData(labeled, unlabeled, uids, load_validation(spec, transform))
+
+
+def load_validation(spec, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> list:
+    """The ``val`` split's cases that carry a dense ``label`` (z-scored image, binary label)."""
+    from rada.dataset import load_case
+    from rada.train.validation import ValidationCase
+
+    tf = transform or (lambda a: a)
+    cases = []
+    for c in spec.split("val"):
+        if c.label is None:
+            continue
+        image, _, label = load_case(spec, c, with_label=True)
+        cases.append(ValidationCase(c.id, tf(image.array), tf(label.array > 0)))
+    return cases
 
 
 __all__ = ["LabeledCase", "TrainingData", "Batch", "sample_batch", "crop_or_pad", "rot_flip", "iteration_rng",

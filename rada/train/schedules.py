@@ -5,7 +5,7 @@ the iteration ``t`` so that a resumed run recomputes them exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,6 +36,19 @@ class ScheduleConfig:
     entropy_base: float = 0.75
     entropy_gain: float = 0.25
     entropy_ramp: int | None = None   # None: the run's length (6000)
+
+    def scaled(self, iterations: int) -> "ScheduleConfig":
+        """The same schedule shape compressed (or stretched) to ``iterations``: lr milestones,
+        alpha refresh/step and beta step scale with the run (for reduced or time-boxed runs)."""
+        f = iterations / self.iterations
+
+        def sc(v: int) -> int:
+            return max(1, round(v * f))
+
+        return replace(self, iterations=iterations, lr_milestones=tuple(sc(m) for m in self.lr_milestones),
+                       alpha_refresh=sc(self.alpha_refresh), alpha_step=sc(self.alpha_step),
+                       beta_step=sc(self.beta_step),
+                       entropy_ramp=None if self.entropy_ramp is None else sc(self.entropy_ramp))
 
 
 def learning_rate(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:

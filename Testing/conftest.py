@@ -35,7 +35,7 @@ def la_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def la_case_ids(la_dir: Path) -> list[str]:
-    return (la_dir / "cases.list").read_text().split()
+    return (la_dir / "cases.list").read_text(encoding="utf-8").split()
 
 
 @pytest.fixture(scope="session")

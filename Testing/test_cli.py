@@ -30,7 +30,7 @@ def test_prepare_sparse_segment_evaluate_chain(tmp_path, capsys):
     assert main(["prepare-sparse", str(tmp_path / "truth.nii.gz"), "--out", str(tmp_path / "sparse.nrrd")]) == 0
     assert main(["segment", str(tmp_path / "image.nii.gz"), "--annotation", str(tmp_path / "sparse.nrrd"),
                  "--out", str(tmp_path / "seg.nii.gz"), "--report", str(tmp_path / "r.json")]) == 0
-    report = json.loads((tmp_path / "r.json").read_text())
+    report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert report["preset"] == "fast" and report["guidance"]["enabled"] is False
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "seg.nii.gz"), str(tmp_path / "truth.nii.gz"), "--json"]) == 0
@@ -48,7 +48,7 @@ def test_evaluate_folders_gives_per_case_rows_and_mean(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--csv", str(tmp_path / "t.csv")]) == 0
     table = capsys.readouterr().out
     assert "case0" in table and "mean" in table and "std" in table
-    assert len((tmp_path / "t.csv").read_text().splitlines()) == 4
+    assert len((tmp_path / "t.csv").read_text(encoding="utf-8").splitlines()) == 4
 
 
 @pytest.mark.parametrize("argv, message", [

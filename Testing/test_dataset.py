@@ -62,10 +62,10 @@ def test_validation_errors(tmp_path):
         DatasetSpec("d", "liver", cases=[CaseEntry("a", str(img))], root=tmp_path).validate()
     write_dataset(DatasetSpec("d", "liver", cases=ok, root=tmp_path), tmp_path)
     assert read_dataset(tmp_path / "dataset.json").cases == ok
-    (tmp_path / "dataset.json").write_text("{not json")
+    (tmp_path / "dataset.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(InputError, match="JSON"):
         read_dataset(tmp_path)
-    (tmp_path / "dataset.json").write_text(json.dumps({"name": "x"}))
+    (tmp_path / "dataset.json").write_text(json.dumps({"name": "x"}), encoding="utf-8")
     with pytest.raises(InputError, match="malformed"):
         read_dataset(tmp_path)
 
@@ -79,7 +79,7 @@ def test_zscore():
 
 def test_cli_prepare_dataset(la_dir, la_case_ids, tmp_path, capsys):
     split = tmp_path / "split.json"
-    split.write_text(json.dumps({"labeled": la_case_ids[:1], "unlabeled": la_case_ids[1:2], "val": la_case_ids[2:3]}))
+    split.write_text(json.dumps({"labeled": la_case_ids[:1], "unlabeled": la_case_ids[1:2], "val": la_case_ids[2:3]}), encoding="utf-8")
     assert main(["prepare-dataset", "la2018", str(la_dir), "--out", str(tmp_path / "ds"), "--split", str(split)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["labeled"], out["unlabeled"], out["val"]) == (1, 1, 1)

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_readme_links_point_to_files_in_the_repository():
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     links = set(re.findall(r"\]\(([^)#]+)\)", readme)) | set(re.findall(r"\b(docs/[\w.-]+\.md)\b", readme))
     assert {"docs/method.md", "docs/architecture.md", "docs/service.md"} <= links
     missing = [link for link in links if not link.startswith("http") and not (REPO / link).exists()]
@@ -26,7 +26,7 @@ def test_service_doc_covers_every_operation_option_and_status():
     from rada.service.jobs import SEGMENT_OPTIONS, TRAIN_OPTIONS
     from rada.service.settings import ServiceSettings
 
-    doc = (REPO / "docs" / "service.md").read_text()
+    doc = (REPO / "docs" / "service.md").read_text(encoding="utf-8")
     spec = create_app(ServiceSettings(token="t")).openapi()
     for path, operations in spec["paths"].items():
         for method in operations:
@@ -39,7 +39,7 @@ def test_service_doc_covers_every_operation_option_and_status():
 
 def test_plain_install_is_enough_for_rada_serve():
     tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else pytest.importorskip("tomli")
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
     names = {re.split(r"[<>=!\[ ]", d)[0].lower() for d in deps}
     assert {"fastapi", "uvicorn", "httpx", "python-multipart"} <= names
 
@@ -48,4 +48,4 @@ def test_demo_output_is_ignored_by_git():
     from rada.cli import build_parser
 
     default = build_parser().parse_args(["demo"]).out
-    assert f"/{default}/" in (REPO / ".gitignore").read_text().splitlines()
+    assert f"/{default}/" in (REPO / ".gitignore").read_text(encoding="utf-8").splitlines()

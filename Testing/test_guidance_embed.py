@@ -166,7 +166,7 @@ def la_dataset(la_dir, la_case_ids, tmp_path) -> Path:
             write_volume(sparse.labels, root / f"{cid}_sparse.nii.gz")
             entry["annotation"] = f"{cid}_sparse.nii.gz"
         cases.append(entry)
-    (root / "dataset.json").write_text(json.dumps({"name": "la", "organ": "left atrium", "cases": cases}))
+    (root / "dataset.json").write_text(json.dumps({"name": "la", "organ": "left atrium", "cases": cases}), encoding="utf-8")
     return root
 
 
@@ -215,7 +215,7 @@ def test_rada_embed_a_dataset(la_dataset, weight_files, empty_home, monkeypatch,
 
 
 def test_rada_embed_images_with_explicit_files(la_dataset, weight_files, empty_home, capsys, tmp_path) -> None:
-    spec = json.loads((la_dataset / "dataset.json").read_text())
+    spec = json.loads((la_dataset / "dataset.json").read_text(encoding="utf-8"))
     labeled = [c for c in spec["cases"] if c.get("annotation")]
     openai, visual = weight_files
     out_file = tmp_path / "emb.npz"

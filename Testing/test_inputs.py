@@ -266,7 +266,7 @@ def test_relative_output_paths_in_new_folders(case, tmp_path, capsys, monkeypatc
     ("DIR", "it is a folder"),
 ])
 def test_unwritable_outputs_fail_before_any_work(case, tmp_path, capsys, target, message):
-    (tmp_path / "FILE").write_text("a file, not a folder")
+    (tmp_path / "FILE").write_text("a file, not a folder", encoding="utf-8")
     (tmp_path / "DIR.nii.gz").mkdir()
     target = target.replace("FILE", str(tmp_path / "FILE")).replace("DIR", str(tmp_path / "DIR.nii.gz")) \
         if not target.startswith("seg") else str(tmp_path / target)
@@ -275,7 +275,7 @@ def test_unwritable_outputs_fail_before_any_work(case, tmp_path, capsys, target,
 
 
 def test_unwritable_report_or_csv_leaves_no_label_behind(case, tmp_path, capsys):
-    (tmp_path / "FILE").write_text("x")
+    (tmp_path / "FILE").write_text("x", encoding="utf-8")
     _fails_cleanly(["segment", case.image, "--annotation", case.sparse, "--out", tmp_path / "seg.nii.gz",
                     "--report", tmp_path / "FILE" / "r.json"], capsys, f"cannot write {tmp_path / 'FILE' / 'r.json'}",
                    tmp_path, before_work=True)
@@ -353,14 +353,14 @@ def test_failed_run_leaves_no_created_folder(case, tmp_path, capsys):
 def test_output_set_commits_all_or_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         with OutputSet() as out:
-            out.stage(tmp_path / "one" / "a.json").write_text("{}")
-            out.stage(tmp_path / "b.json").write_text("{}")
+            out.stage(tmp_path / "one" / "a.json").write_text("{}", encoding="utf-8")
+            out.stage(tmp_path / "b.json").write_text("{}", encoding="utf-8")
             raise RuntimeError("the second writer failed")
     assert os.listdir(tmp_path) == []
     with OutputSet() as out:
-        out.stage(tmp_path / "one" / "a.json").write_text("{}")
-        out.stage(tmp_path / "b.json").write_text("[]")
-    assert json.loads((tmp_path / "b.json").read_text()) == [] and (tmp_path / "one" / "a.json").is_file()
+        out.stage(tmp_path / "one" / "a.json").write_text("{}", encoding="utf-8")
+        out.stage(tmp_path / "b.json").write_text("[]", encoding="utf-8")
+    assert json.loads((tmp_path / "b.json").read_text(encoding="utf-8")) == [] and (tmp_path / "one" / "a.json").is_file()
     _no_temp_files(tmp_path)
 
 
@@ -368,7 +368,7 @@ def test_outputs_keep_plain_file_permissions(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     with OutputSet() as out:
-        out.stage(tmp_path / "r.json").write_text("{}")
+        out.stage(tmp_path / "r.json").write_text("{}", encoding="utf-8")
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 

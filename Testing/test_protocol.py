@@ -84,9 +84,9 @@ def test_dataset_protocol_option_is_validated_and_applied(ct_dir, tmp_path):
     assert ann.labels.same_grid(z_image) and dense.same_grid(z_image)
     for bad, message in (({"hu_window": [200, -100]}, "low < high"), ({"spacing": [1, 1]}, "expected 3 values"),
                          ({"hu_windw": [0, 1]}, "unknown key 'preprocessing.hu_windw'")):
-        raw = json.loads((tmp_path / "dataset.json").read_text())
+        raw = json.loads((tmp_path / "dataset.json").read_text(encoding="utf-8"))
         raw["preprocessing"] = bad
-        (tmp_path / "dataset.json").write_text(json.dumps(raw))
+        (tmp_path / "dataset.json").write_text(json.dumps(raw), encoding="utf-8")
         with pytest.raises(InputError, match=message):
             read_dataset(tmp_path)
 

@@ -95,7 +95,7 @@ def test_empty_painted_slices_do_not_crash_on_a_real_pair(tmp_path, structures_d
     seg = read_volume(tmp_path / "seg.nii.gz").array > 0
     assert not seg[..., gap].any()
     assert dice(seg, fg[crop]) > 0.6  # axial and coronal still show both femurs
-    assert json.loads((tmp_path / "r.json").read_text())["structure_voxels"] == int(seg.sum())
+    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["structure_voxels"] == int(seg.sum())
 
 
 def test_adding_a_painted_slice_never_lowers_dice_on_a_real_case(structures_dir):

@@ -24,7 +24,7 @@ def test_every_python_file_parses(module):
     files = list((REPO / module).rglob("*.py"))
     assert len(files) >= 4
     for path in files:
-        ast.parse(path.read_text(), filename=str(path))
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
 def _ui_widgets(module: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -50,7 +50,7 @@ def _parameter_fields(tree: ast.Module) -> set[str]:
 @pytest.mark.parametrize("module", MODULES)
 def test_ui_names_every_widget_the_code_uses(module):
     widgets, bindings = _ui_widgets(module)
-    source = (REPO / module / f"{module}.py").read_text()
+    source = (REPO / module / f"{module}.py").read_text(encoding="utf-8")
     used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", source))
     assert used, "the module uses no .ui widget?"
     missing = sorted(used - set(widgets))
@@ -76,12 +76,12 @@ def test_segmentation_ui_has_the_required_controls():
     assert widgets["paintedSegmentSelector"] == "qMRMLSegmentSelectorWidget"
     # The token is never saved in the scene.
     assert "serverTokenLineEdit" not in bindings
-    source = (REPO / "RADASegmentation" / "RADASegmentation.py").read_text()
+    source = (REPO / "RADASegmentation" / "RADASegmentation.py").read_text(encoding="utf-8")
     assert "token" not in " ".join(_parameter_fields(ast.parse(source))).lower()
 
 
 def _cmake_list(module: str, variable: str) -> set[str]:
-    text = (REPO / module / "CMakeLists.txt").read_text()
+    text = (REPO / module / "CMakeLists.txt").read_text(encoding="utf-8")
     block = re.search(rf"set\({variable}\s+(.*?)\)", text, re.DOTALL).group(1)
     return {line.strip().replace("${MODULE_NAME}", module) for line in block.split() if line.strip()}
 
@@ -95,15 +95,15 @@ def test_every_module_file_is_listed_in_cmake(module):
     on_disk = {p.relative_to(REPO / module).as_posix() for p in (REPO / module / "Resources").rglob("*")
                if p.is_file()}
     assert resources == on_disk, f"RESOURCES vs files: {sorted(on_disk ^ resources)}"
-    text = (REPO / module / "CMakeLists.txt").read_text()
+    text = (REPO / module / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicerMacroBuildScriptedModule" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     testing = REPO / module / "Testing" / "Python"
     for test in testing.glob("*.py"):
-        assert f"SCRIPT {test.name}" in (testing / "CMakeLists.txt").read_text()
+        assert f"SCRIPT {test.name}" in (testing / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
 def test_extension_cmake_metadata():
-    text = (REPO / "CMakeLists.txt").read_text()
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         assert re.search(rf"set\({key} ", text), key

@@ -29,17 +29,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = ("RADASegmentation", "RADATrainer")
-API = json.loads((REPO / "Testing" / "data" / "slicer_widget_api.json").read_text())
+API = json.loads((REPO / "Testing" / "data" / "slicer_widget_api.json").read_text(encoding="utf-8"))
 
 
 def _module_sources() -> dict[Path, ast.Module]:
     files = [REPO / m / f"{m}.py" for m in MODULES]
     files += sorted(p for m in MODULES for p in (REPO / m / f"{m}Lib").glob("*.py"))
-    return {path: ast.parse(path.read_text(), filename=str(path)) for path in files}
+    return {path: ast.parse(path.read_text(encoding="utf-8"), filename=str(path)) for path in files}
 
 
 def _cmake_list(cmake: Path, variable: str, module: str) -> list[str]:
-    block = re.search(rf"set\({variable}\s+(.*?)\)", cmake.read_text(), re.DOTALL).group(1)
+    block = re.search(rf"set\({variable}\s+(.*?)\)", cmake.read_text(encoding="utf-8"), re.DOTALL).group(1)
     return [item.replace("${MODULE_NAME}", module) for item in block.split()]
 
 
@@ -54,7 +54,7 @@ def _install_like_cmake(prefix: Path) -> Path:
             for item in _cmake_list(cmake, variable, module):
                 (target / item).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(REPO / module / item, target / item)
-    top = (REPO / "CMakeLists.txt").read_text()
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "file(GLOB_RECURSE RADA_PACKAGE_FILES RELATIVE ${CMAKE_CURRENT_SOURCE_DIR} rada/*.py)" in top
     for path in (REPO / "rada").rglob("*.py"):
         rel = path.relative_to(REPO)
@@ -95,7 +95,7 @@ def test_installed_extension_finds_its_requirements_where_resource_path_points(t
     assert "httpx>=0.27" in found["remote_only"] and not {"fastapi>=0.110", "antspyx>=0.4.2"} & set(found["remote_only"])
     assert found["ui"] == [True, True]
     # The modules ask resourcePath for exactly that folder.
-    source = (REPO / "RADASegmentation" / "RADASegmentation.py").read_text()
+    source = (REPO / "RADASegmentation" / "RADASegmentation.py").read_text(encoding="utf-8")
     assert source.count('ensureDependencies(self.resourcePath("Python"))') == 2
     assert 'os.path.join(os.path.dirname(modulePath), "Resources", "Python")' in source
 
@@ -144,16 +144,16 @@ def test_oldest_supported_slicer_is_declared_and_its_python_checked_in_ci():
     # before the version check parse with Python 3.9's grammar (Slicer 5.8).
     for path in (REPO / "RADASegmentation" / "RADASegmentation.py",
                  REPO / "RADASegmentation" / "RADASegmentationLib" / "dependencies.py"):
-        ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
     declared = f"Slicer {major}.{minor} or newer"
-    assert declared in (REPO / "CMakeLists.txt").read_text(), "EXTENSION_DESCRIPTION must state it"
-    assert declared in (REPO / "README.md").read_text()
+    assert declared in (REPO / "CMakeLists.txt").read_text(encoding="utf-8"), "EXTENSION_DESCRIPTION must state it"
+    assert declared in (REPO / "README.md").read_text(encoding="utf-8")
     # pyproject admits that Python; CI runs the service tests under it.
     tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11+")
-    spec = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    spec = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["requires-python"]
     lowest = tuple(int(v) for v in re.match(r">=\s*([0-9.]+)", spec).group(1).split("."))
     assert lowest <= dependencies.MINIMUM_SLICER_PYTHON, spec
-    ci = (REPO / ".ci" / "run").read_text()
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     py = "{}.{}".format(*dependencies.MINIMUM_SLICER_PYTHON)
     assert f"python{py}" in ci and "Testing/test_service.py" in ci.split(f"python{py}", 1)[1]
 
@@ -179,7 +179,7 @@ def test_every_widget_method_the_module_calls_exists_in_the_supported_slicer(mod
     classes = _ui_classes(module)
     missing_classes = sorted(set(classes.values()) - set(API["classes"]))
     assert not missing_classes, f"regenerate Testing/data/slicer_widget_api.json (Testing/tools): {missing_classes}"
-    tree = ast.parse((REPO / module / f"{module}.py").read_text())
+    tree = ast.parse((REPO / module / f"{module}.py").read_text(encoding="utf-8"))
     used = []
     for node in ast.walk(tree):
         if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
@@ -219,22 +219,22 @@ def _settings_keys_read_and_written() -> tuple[set[str], set[str]]:
 
 def test_every_connection_setting_read_is_written_by_the_gui_or_documented():
     read, written = _settings_keys_read_and_written()
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     orphans = sorted(k for k in read - written if k not in readme)
     assert not orphans, f"settings read but never written (the Trainer's remote URL bug): {orphans}"
     # The Trainer has no connection fields of its own: it uses RADA Segmentation's, through one function.
-    trainer = (REPO / "RADATrainer" / "RADATrainer.py").read_text()
+    trainer = (REPO / "RADATrainer" / "RADATrainer.py").read_text(encoding="utf-8")
     assert "connection_config(connectionSettingsValues()" in trainer
     assert "QSettings().value(" not in trainer and "serverMode" not in trainer
 
 
 def test_one_backend_per_session_shared_by_both_modules():
-    trainer = ast.parse((REPO / "RADATrainer" / "RADATrainer.py").read_text())
+    trainer = ast.parse((REPO / "RADATrainer" / "RADATrainer.py").read_text(encoding="utf-8"))
     constructed = [n.lineno for n in ast.walk(trainer)
                    if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "Backend"]
     assert not constructed, f"RADATrainer starts its own Backend (a second server) at lines {constructed}"
-    assert 'slicer.util.getModuleLogic("RADASegmentation")' in (REPO / "RADATrainer" / "RADATrainer.py").read_text()
-    segmentation = (REPO / "RADASegmentation" / "RADASegmentation.py").read_text()
+    assert 'slicer.util.getModuleLogic("RADASegmentation")' in (REPO / "RADATrainer" / "RADATrainer.py").read_text(encoding="utf-8")
+    segmentation = (REPO / "RADASegmentation" / "RADASegmentation.py").read_text(encoding="utf-8")
     assert 'slicer.app.connect("aboutToQuit()", self.shutdown)' in segmentation
 
 
@@ -276,7 +276,7 @@ def test_local_server_launch_returns_before_it_answers_and_knows_where_rada_is()
 
 def _process_gone(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError):
         return True
     return state in ("Z", "X")  # a zombie has exited; only its parent's reaper is missing
@@ -356,7 +356,7 @@ def test_selftests_skip_checks_whose_packages_are_not_installed(monkeypatch):
     for check in selftest.OFFLINE_CHECKS:
         if check is not selftest.check_seg_nrrd_interop:
             assert selftest.skip_reason(check) is None, check.__name__
-    module = (REPO / "RADASegmentation" / "RADASegmentation.py").read_text()
+    module = (REPO / "RADASegmentation" / "RADASegmentation.py").read_text(encoding="utf-8")
     assert module.count("selftest.skip_reason(") == 2  # offline checks and the end-to-end one
 
 
@@ -365,11 +365,11 @@ def test_selftests_skip_checks_whose_packages_are_not_installed(monkeypatch):
 def test_extensions_index_metadata_license_and_real_screenshots():
     import struct
 
-    cmake = (REPO / "CMakeLists.txt").read_text()
-    license_text = (REPO / "LICENSE.txt").read_text()
+    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    license_text = (REPO / "LICENSE.txt").read_text(encoding="utf-8")
     assert license_text.lstrip().startswith("Apache License") and "Version 2.0" in license_text
     tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11+")
-    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"] == "Apache-2.0"
+    assert tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["license"] == "Apache-2.0"
     contributors = re.search(r'set\(EXTENSION_CONTRIBUTORS "([^"]+)"\)', cmake).group(1)
     assert contributors.strip()
     homepage = re.search(r'set\(EXTENSION_HOMEPAGE "([^"]+)"\)', cmake).group(1)
@@ -386,7 +386,7 @@ def test_extensions_index_metadata_license_and_real_screenshots():
         width, height = struct.unpack(">II", data[16:24])
         assert width >= 600 and height >= 400 and len(data) > 50_000, (path, width, height, len(data))
     for module in MODULES:  # the modules' help links to the project's own documentation
-        source = (REPO / module / f"{module}.py").read_text()
+        source = (REPO / module / f"{module}.py").read_text(encoding="utf-8")
         assert "getDefaultModuleDocumentationLink" not in source and "DOCUMENTATION_URL" in source
 
 
@@ -397,7 +397,7 @@ def test_backend_stop_is_bounded_even_while_the_server_is_starting(tmp_path):
     from RADASegmentationLib.backend import Backend, BackendConfig
 
     stubborn = tmp_path / "python"
-    stubborn.write_text("#!/bin/sh\ntrap '' TERM\nexec sleep 600\n")
+    stubborn.write_text("#!/bin/sh\ntrap '' TERM\nexec sleep 600\n", encoding="utf-8")
     stubborn.chmod(0o755)
     backend = Backend(BackendConfig(device="cpu", python=str(stubborn), models_dir=str(tmp_path / "models")))
     backend.start()

@@ -130,4 +130,4 @@ def test_settings_keys_configure_the_backend(tmp_path):
                                           SETTINGS_KEYS["token"]: "t", SETTINGS_KEYS["models_dir"]: None})
     assert (config.mode, config.url, config.token, config.device) == ("remote", "https://gpu:8765", "t", "auto")
     path = runtime_constraints(None, tmp_path / "c.txt")
-    assert any(line.startswith("numpy==") for line in path.read_text().splitlines())
+    assert any(line.startswith("numpy==") for line in path.read_text(encoding="utf-8").splitlines())

@@ -87,7 +87,7 @@ def test_local_dataset_folder_configures_the_local_server(tmp_path):
     (tmp_path / "ds" / "liver").mkdir(parents=True)
     with pytest.raises(InputError, match="no dataset.json"):
         logic.use_dataset_folder(tmp_path / "ds" / "liver", tmp_path / "models")
-    (tmp_path / "ds" / "liver" / "dataset.json").write_text("{}")
+    (tmp_path / "ds" / "liver" / "dataset.json").write_text("{}", encoding="utf-8")
     assert logic.use_dataset_folder(tmp_path / "ds" / "liver", tmp_path / "models") == "liver"
     assert logic.backend.config.datasets_dir == str((tmp_path / "ds").resolve())
     assert logic.backend.config.models_dir == str(tmp_path / "models")

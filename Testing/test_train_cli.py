@@ -56,7 +56,7 @@ def test_pseudo_labels_are_propagated_once_and_cached(tmp_path):
 def test_cli_train_resume_and_predict(la_dir, la_case_ids, tmp_path, capsys, monkeypatch):
     ids = la_case_ids
     split = tmp_path / "split.json"
-    split.write_text(json.dumps({"labeled": ids[:1], "unlabeled": ids[1:2], "val": ids[2:3]}))
+    split.write_text(json.dumps({"labeled": ids[:1], "unlabeled": ids[1:2], "val": ids[2:3]}), encoding="utf-8")
     assert main(["prepare-dataset", "la2018", str(la_dir), "--out", str(tmp_path / "ds"), "--split", str(split)]) == 0
 
     original = train_data.cached_pseudo_labels

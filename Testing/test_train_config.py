@@ -81,7 +81,7 @@ def test_cli_rejects_a_bad_config_before_reading_the_dataset(tmp_path, capsys):
     from rada.cli import main
 
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"schedule": {"iterations": 3, "lr_milestone": [1]}}))
+    bad.write_text(json.dumps({"schedule": {"iterations": 3, "lr_milestone": [1]}}), encoding="utf-8")
     # The dataset folder does not even exist: the config error comes first, in one line, exit 2.
     assert main(["train", str(tmp_path / "nope"), "--out", str(tmp_path / "run"), "--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()

@@ -77,7 +77,7 @@ def main() -> int:
     if args.one:
         print(json.dumps(run_case(args.one, args.profile, args.model, args.threads)))
         return 0
-    cases = json.loads((ROOT / "bench" / "la2018_split.json").read_text())["val"][:args.cases]
+    cases = json.loads((ROOT / "bench" / "la2018_split.json").read_text(encoding="utf-8"))["val"][:args.cases]
     rows = []
     for case in cases:
         cmd = [sys.executable, __file__, "--one", case, "--profile", args.profile]

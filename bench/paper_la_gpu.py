@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_dice": val.get("best_dice"), "best_iteration": val.get("best_iteration"),
         "history": [{k: h[k] for k in ("iteration", "dice", "hd95")} for h in val.get("history", [])],
     }
-    (out / "gpu_result.json").write_text(json.dumps(summary, indent=2))
+    (out / "gpu_result.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(json.dumps(summary, indent=2))
     if not args.no_results:
         _write_results(summary)
@@ -151,12 +151,12 @@ def _write_results(s: dict) -> None:
              f"({s['guidance']['reason']}).", "", "| iteration | val Dice | HD95 (vox) |", "|---|---|---|"]
     lines += [f"| {h['iteration']} | {h['dice']:.4f} | {_fmt(h['hd95'])} |" for h in s["history"]]
     results = REPO / "bench" / "RESULTS.md"
-    text = results.read_text() if results.exists() else "# Benchmark results\n\n"
+    text = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n\n"
     start = text.find("## Paper LA2018 protocol, time-boxed")
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + (text[end + 1:] if end >= 0 else "")
-    results.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+    results.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

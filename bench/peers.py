@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))  # this checkout's rada, not an installed one
-SPLIT = json.loads((ROOT / "bench" / "peers_split.json").read_text())
+SPLIT = json.loads((ROOT / "bench" / "peers_split.json").read_text(encoding="utf-8"))
 ALL_METHODS = ("fast", "full", "growcut", "fill", "extrude")
 CLASSIC = ("growcut", "fill", "extrude")
 
@@ -46,13 +46,13 @@ def list_cases() -> list[dict[str, str]]:
     """Every structure of ``structures/cases.tsv`` and the 16 LA validation cases, with their group."""
     cases = []
     tsv = DATA / "structures" / "cases.tsv"
-    for line in tsv.read_text().splitlines()[1:]:
+    for line in tsv.read_text(encoding="utf-8").splitlines()[1:]:
         source, structure = line.split("\t")[:2]
         name = f"{source}/{structure}"
         cases.append({"name": name, "group": "struct-" + ("heldout" if name in SPLIT["heldout_structures"] else "dev"),
                       "image": str(DATA / "structures" / source / "image.nii.gz"),
                       "label": str(DATA / "structures" / source / "labels" / f"{structure}.nii.gz")})
-    val = json.loads((ROOT / "bench" / "la2018_split.json").read_text())["val"]
+    val = json.loads((ROOT / "bench" / "la2018_split.json").read_text(encoding="utf-8"))["val"]
     for i, cid in enumerate(val):
         cases.append({"name": f"la/{cid}", "group": "LA-" + ("heldout" if i >= 8 else "dev"),
                       "image": str(DATA / "la2018" / cid / "image.nii.gz"),
@@ -245,7 +245,7 @@ def main() -> int:
     summary = summarise(rows, methods)
     print_summary(summary, methods)
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": rows, "summary": summary}, indent=1), encoding="utf-8")
     return 0
 
 

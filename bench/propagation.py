@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the rows here too")
     args = ap.parse_args(argv)
 
-    ids = (args.data / "cases.list").read_text().split()[-args.cases:]
+    ids = (args.data / "cases.list").read_text(encoding="utf-8").split()[-args.cases:]
     configs = {"reference": REFERENCE, "rada": PropagationConfig()}
     if args.fast:
         configs["rada-fast"] = PropagationConfig(preset="fast")
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{mean['reference']['cpu_seconds'] / mean[n]['cpu_seconds']:.2f}x (CPU time), "
               f"mean Dice difference {mean[n]['dice'] - mean['reference']['dice']:+.4f}")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "mean": mean}, indent=1))
+        args.json.write_text(json.dumps({"rows": rows, "mean": mean}, indent=1), encoding="utf-8")
     return 0
 
 

@@ -72,7 +72,7 @@ def baselines(dataset: Path, out: Path) -> dict:
     """Dice/HD95 (voxels) on the validation cases of the ANTs pseudo-labels and of ``segment --preset fast``."""
     cache = out / "baselines.json"
     if cache.exists():
-        return json.loads(cache.read_text())
+        return json.loads(cache.read_text(encoding="utf-8"))
     from rada.annotation import SparseAnnotation
     from rada.dataset import read_dataset
     from rada.io import read_volume
@@ -103,7 +103,7 @@ def baselines(dataset: Path, out: Path) -> dict:
               f"fast Dice {rows['segment_fast'][-1]['dice']:.3f}", file=sys.stderr)
     summary = {k: _mean_scores(v) for k, v in rows.items()}
     summary["seconds"] = time.perf_counter() - t0
-    cache.write_text(json.dumps(summary, indent=2))
+    cache.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
 
 
@@ -183,12 +183,12 @@ def write_results(run: Path, base: dict, args: argparse.Namespace, elapsed_min: 
               f"Best checkpoint: `bench/{kept.name}` ({kept.stat().st_size / 2**20:.1f} MB)." if kept else
               "Best checkpoint not kept (none yet, or over 10 MB).", ""]
     results = bench / "RESULTS.md"
-    text = results.read_text() if results.exists() else "# Benchmark results\n\n"
+    text = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n\n"
     start = text.find("## Reduced LA2018 protocol")
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + text[end + 1:] if end >= 0 else text[:start]
-    results.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines))
+    results.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines), encoding="utf-8")
     return results
 
 

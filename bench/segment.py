@@ -37,8 +37,8 @@ DATA = ROOT.parent / "shared" / "data"
 def validation_cases() -> list[str]:
     split = ROOT / "bench" / "la2018_split.json"
     if split.exists():
-        return json.loads(split.read_text())["val"]
-    return (DATA / "la2018" / "cases.list").read_text().split()[-16:]
+        return json.loads(split.read_text(encoding="utf-8"))["val"]
+    return (DATA / "la2018" / "cases.list").read_text(encoding="utf-8").split()[-16:]
 
 
 def ants_majority(image, sparse):

@@ -26,7 +26,7 @@ def _print_json(obj: object) -> None:
 def _stage_report(report: dict, path: str | None, outputs) -> None:
     """With ``--report PATH``, stage the JSON report in ``outputs`` (written with the other outputs)."""
     if path:
-        outputs.stage(path).write_text(json.dumps(report, indent=2, default=float))
+        outputs.stage(path).write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
 
 
 def _check_outputs(*paths: tuple[str | None, tuple[str, ...] | None]) -> None:
@@ -212,7 +212,7 @@ def _run_demo(args: argparse.Namespace) -> int:
                    "baseline_extrude_intersect_dice": round(hull.dice, 4),
                    "seconds": result.report["timings_s"]["total"],
                    "files": {k: str(v) for k, v in files.items()}, "report": result.report}
-        outputs.stage(out / "report.json").write_text(json.dumps(summary, indent=2, default=float))
+        outputs.stage(out / "report.json").write_text(json.dumps(summary, indent=2, default=float), encoding="utf-8")
     print(f"RADA demo: phantom organ segmented from 3 painted slices in {summary['seconds']:.2f} s",
           file=sys.stderr)
     print(f"  Dice {scores.dice:.4f} (extrude-intersect baseline {hull.dice:.4f}), HD95 {scores.hd95_mm:.2f} mm",
@@ -310,7 +310,7 @@ def _run_prepare_dataset(args: argparse.Namespace) -> int:
     elif args.split:
         raise InputError(f"no such split file: {split_path}")
     elif (src / "cases.list").exists():
-        split = SplitFile.make((src / "cases.list").read_text().split())
+        split = SplitFile.make((src / "cases.list").read_text(encoding="utf-8").split())
     else:
         raise InputError(f"no split file and no {src / 'cases.list'} to draw one from")
     spec = build_la2018(src, args.out, split)
@@ -356,7 +356,7 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig()
     if args.config:
         try:
-            raw = json.loads(Path(args.config).read_text())
+            raw = json.loads(Path(args.config).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot use config {args.config}: {exc}") from None
         cfg = TrainConfig.from_dict(raw, cfg)  # partial and nested; unknown keys/types are one-line errors

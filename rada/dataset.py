@@ -119,7 +119,7 @@ def read_dataset(path: str | os.PathLike, check_files: bool = True) -> DatasetSp
     if not p.exists():
         raise InputError(f"no dataset.json at {p}")
     try:
-        raw = json.loads(p.read_text())
+        raw = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"{p} is not valid JSON: {exc}") from None
     try:
@@ -139,7 +139,7 @@ def write_dataset(spec: DatasetSpec, folder: str | os.PathLike) -> Path:
 
     target = Path(folder) / DATASET_FILE
     with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(spec.as_json(), indent=2) + "\n")
+        tmp.write_text(json.dumps(spec.as_json(), indent=2) + "\n", encoding="utf-8")
     return target
 
 
@@ -192,7 +192,7 @@ class SplitFile:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "SplitFile":
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(tuple(raw["labeled"]), tuple(raw["unlabeled"]), tuple(raw["val"]))
 
     @classmethod

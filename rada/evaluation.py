@@ -82,7 +82,7 @@ def format_table(rows: list[dict], summary: dict) -> str:
 def write_csv(rows: list[dict], path: str | os.PathLike) -> Path:
     """Write the per-case rows as CSV, atomically."""
     target = Path(path)
-    with atomic_path(target) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["case", *_COLUMNS, "empty"])
         writer.writeheader()
         writer.writerows(rows)

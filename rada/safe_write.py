@@ -128,7 +128,7 @@ class OutputSet:
 
         with OutputSet() as out:
             write_label(out.stage("seg.nii.gz", VOLUME_SUFFIXES))
-            out.stage("report.json").write_text(text)
+            out.stage("report.json").write_text(text, encoding="utf-8")
     """
 
     def __init__(self) -> None:

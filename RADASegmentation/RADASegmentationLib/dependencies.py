@@ -73,7 +73,7 @@ def slicer_version_problem(version: tuple[int, int]) -> str | None:
 def read_requirements(path: str | os.PathLike) -> list[str]:
     """Requirement lines of a requirements file (comments, blanks and options dropped)."""
     out = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
         if line and not line.startswith("-"):
             out.append(line)
@@ -132,7 +132,7 @@ def runtime_constraints(static_constraints: str | os.PathLike | None, out_path: 
             lines.append(f"{name}=={version}")
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 

@@ -62,7 +62,7 @@ def validate_dataset(folder: str | Path, read_annotations: bool = True) -> tuple
             import json
 
             from rada.dataset import DATASET_FILE  # read it anyway to list the cases
-            raw = json.loads((Path(folder) / DATASET_FILE).read_text())
+            raw = json.loads((Path(folder) / DATASET_FILE).read_text(encoding="utf-8"))
             return None, [Problem("(dataset)", "missing-annotation", str(exc))] + [
                 Problem(str(c.get("id")), "missing-annotation", "no sparse annotation", False)
                 for c in raw.get("cases", []) if not c.get("annotation")]

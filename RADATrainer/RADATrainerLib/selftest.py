@@ -51,11 +51,11 @@ def check_scene_export_and_validation(scene, folder=None) -> None:
     write_volume(shifted, dataset / "annotations" / "shifted.nrrd")
     write_volume(image, dataset / "images" / "p3.nrrd")
     import json
-    raw = json.loads((dataset / "dataset.json").read_text())
+    raw = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
     raw["cases"] += [{"id": "p3", "image": "images/p3.nrrd", "annotation": "annotations/shifted.nrrd"},
                      {"id": "p4", "image": "images/missing.nrrd", "annotation": None},
                      {"id": "p5", "image": "images/p3.nrrd", "annotation": None}]
-    (dataset / "dataset.json").write_text(json.dumps(raw))
+    (dataset / "dataset.json").write_text(json.dumps(raw), encoding="utf-8")
     spec, problems = validate_dataset(dataset)
     kinds = {(p.case, p.kind, p.blocking) for p in problems}
     assert kinds == {("p3", "geometry", True), ("p4", "missing-file", True),

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ctk_ref = args.ctk_ref or _pinned_ctk(args.slicer, args.slicer_ref)
     api = generate(Sources(args.slicer, args.slicer_ref, args.ctk, ctk_ref, args.qt_include))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(api, indent=1) + "\n")
+    args.out.write_text(json.dumps(api, indent=1) + "\n", encoding="utf-8")
     print(f"{args.out}: {len(api['classes'])} classes")
     return 0
 

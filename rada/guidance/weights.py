@@ -97,7 +97,7 @@ def read_manifest(folder: Path | None = None) -> dict[str, dict]:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         raise InputError(f"corrupt weights manifest {path}: delete it and re-import the weights") from None
     return data.get("files", {})
@@ -110,7 +110,7 @@ def _record(folder: Path, filename: str, sha256: str, size: int, origin: str, ve
     files[filename] = {"sha256": sha256, "size": size, "origin": origin, "verified": verified,
                        "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     with atomic_path(_manifest_path(folder)) as tmp:
-        tmp.write_text(json.dumps({"format": 1, "files": files}, indent=2))
+        tmp.write_text(json.dumps({"format": 1, "files": files}, indent=2), encoding="utf-8")
 
 
 def sha256_file(path: str | os.PathLike, progress: Callable[[int], None] | None = None) -> str:

@@ -417,7 +417,7 @@ class LocalServer:
                                              f"{self.log_tail()}")
             if ready.exists():
                 try:
-                    url = json.loads(ready.read_text())["url"]
+                    url = json.loads(ready.read_text(encoding="utf-8"))["url"]
                     with RadaClient(url, self.token, timeout=2.0) as client:
                         client.health()
                     self.url = url

@@ -380,9 +380,9 @@ def _truncate_log(log: Path, iteration: int) -> None:
     """Keep the rows up to ``iteration`` (the rows of a killed run's lost iterations go)."""
     if not log.exists():
         return
-    with open(log, newline="") as f:
+    with open(log, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= iteration]
-    with open(log, "w", newline="") as f:
+    with open(log, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, LOG_FIELDS)
         w.writeheader()
         w.writerows(rows)
@@ -390,7 +390,7 @@ def _truncate_log(log: Path, iteration: int) -> None:
 
 def _append_log(log: Path, values: Mapping[str, float]) -> None:
     new = not log.exists()
-    with open(log, "a", newline="") as f:
+    with open(log, "a", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
         if new:
             w.writeheader()
@@ -398,7 +398,7 @@ def _append_log(log: Path, values: Mapping[str, float]) -> None:
 
 
 def read_log(log: str | os.PathLike) -> list[dict[str, float]]:
-    with open(log, newline="") as f:
+    with open(log, newline="", encoding="utf-8") as f:
         return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(f)]
 
 

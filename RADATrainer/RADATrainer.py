@@ -196,9 +196,10 @@ class RADATrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if task is not self._task:
             return
         self.ui.progressBar.value = int(round(100 * task.fraction))
-        self.ui.statusLabel.text = f"{deviceMessage}\n{task.stage}: {task.message}"
+        self.ui.statusLabel.text = (f"{deviceMessage}\n{task.stage}: {task.message}\n"
+                                    f"{self.logic.validationSummary(task)}")
         if task.losses:
-            view = self.logic.lossPlotView(task.losses)
+            view = self.logic.lossPlotView(task.losses, task.validation)
             if self.ui.lossPlotWidget.mrmlPlotViewNode() is not view:  # a new scene since Start
                 self.ui.lossPlotWidget.setMRMLPlotViewNode(view)
         if task.finished:
@@ -332,11 +333,16 @@ class RADATrainerLogic(ScriptedLoadableModuleLogic):
     def stop(self, task) -> None:
         self.core.stop(task)
 
-    def lossPlotView(self, losses):
-        """The plot view node showing the loss chart (updated with ``losses``)."""
+    def lossPlotView(self, losses, validation=None):
+        """The plot view node showing the loss chart (updated with ``losses`` and the
+        validation Dice points)."""
         from RADATrainerLib.logic import update_loss_plot
         from RADATrainerLib.plotview import loss_plot_view
-        return loss_plot_view(slicer.mrmlScene, update_loss_plot(slicer.mrmlScene, losses))
+        return loss_plot_view(slicer.mrmlScene, update_loss_plot(slicer.mrmlScene, losses, validation=validation))
+
+    def validationSummary(self, task) -> str:
+        """One line: the last validation Dice and the best so far (or why there is none)."""
+        return self.core.validation_summary(task)
 
     def checkpoints(self):
         from RADATrainerLib.logic import checkpoints

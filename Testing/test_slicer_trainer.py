@@ -110,3 +110,23 @@ def test_train_job_on_a_real_server_refuses_unknown_dataset(tmp_path):
         assert logic.models() == []
     finally:
         backend.stop()
+
+
+def test_loss_plot_shows_validation_dice_live_in_the_same_chart():
+    """The panel has one plot: the validation Dice joins the loss chart as a second series once
+    there is a validation point, and later updates change the tables in place."""
+    scene = new_scene()
+    losses = [(10, 0.9), (20, 0.6)]
+    chart = update_loss_plot(scene, losses, validation=[])
+    assert chart.GetNumberOfPlotSeriesNodes() == 1
+    validation = [(20, 0.41, 12.5)]
+    assert update_loss_plot(scene, losses, validation=validation) is chart
+    assert chart.GetNumberOfPlotSeriesNodes() == 2
+    validation.append((40, 0.55, None))  # HD95 not defined (empty prediction) -> NaN, still plotted
+    update_loss_plot(scene, losses + [(30, 0.5), (40, 0.45)], validation=validation)
+    assert chart.GetNumberOfPlotSeriesNodes() == 2
+    table = scene.GetFirstNodeByName("RADA validation Dice table").GetTable()
+    assert table.GetNumberOfRows() == 2
+    assert [table.GetValue(r, 1).ToDouble() for r in range(2)] == [0.41, 0.55]
+    assert scene.GetFirstNodeByName("RADA training loss table").GetTable().GetNumberOfRows() == 4
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1

@@ -326,79 +326,68 @@ def checkpoints(models_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def update_loss_plot(scene, losses: list[tuple[int, float]], name: str = "RADA training loss"):
-    """Table + plot series + chart nodes showing ``losses``; returns the chart node."""
+def _plot_series(scene, name: str, columns: tuple[str, ...], rows):
+    """A table node ``{name} table`` holding ``rows`` (first column the iteration, the others
+    numbers; None becomes NaN) and a scatter series ``{name} series`` of column 1 against
+    column 0; both reused by name, so a live plot is updated in place."""
     import vtk
 
     table_node = scene.GetFirstNodeByName(f"{name} table")
     if table_node is None:
         table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} table")
     table = table_node.GetTable()
-    if table.GetNumberOfColumns() != 2:
+    if table.GetNumberOfColumns() != len(columns):
         table.Initialize()
-        for column_name, cls in (("iteration", vtk.vtkIntArray), ("loss", vtk.vtkDoubleArray)):
-            column = cls()
+        for i, column_name in enumerate(columns):
+            column = vtk.vtkIntArray() if i == 0 else vtk.vtkDoubleArray()
             column.SetName(column_name)
             table.AddColumn(column)
-    table.SetNumberOfRows(len(losses))
-    for row, (iteration, loss) in enumerate(losses):
-        table.SetValue(row, 0, vtk.vtkVariant(int(iteration)))
-        table.SetValue(row, 1, vtk.vtkVariant(float(loss)))
+    table.SetNumberOfRows(len(rows))
+    for row, values in enumerate(rows):
+        table.SetValue(row, 0, vtk.vtkVariant(int(values[0])))
+        for col, value in enumerate(values[1:], start=1):
+            table.SetValue(row, col, vtk.vtkVariant(float("nan") if value is None else float(value)))
     table.Modified()
     table_node.Modified()
     series = scene.GetFirstNodeByName(f"{name} series")
     if series is None:
         series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} series")
         series.SetAndObserveTableNodeID(table_node.GetID())
-        series.SetXColumnName("iteration")
-        series.SetYColumnName("loss")
+        series.SetXColumnName(columns[0])
+        series.SetYColumnName(columns[1])
         series.SetPlotType(series.PlotTypeScatter)
+    return series
+
+
+def _chart(scene, name: str, title: str, y_title: str, series_nodes):
+    """The chart node ``{name} chart`` observing every node of ``series_nodes`` (added once)."""
     chart = scene.GetFirstNodeByName(f"{name} chart")
     if chart is None:
         chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{name} chart")
-        chart.AddAndObservePlotSeriesNodeID(series.GetID())
-        chart.SetTitle("Training loss")
+        chart.SetTitle(title)
         chart.SetXAxisTitle("iteration")
-        chart.SetYAxisTitle("loss")
+        chart.SetYAxisTitle(y_title)
+    observed = {chart.GetNthPlotSeriesNodeID(i) for i in range(chart.GetNumberOfPlotSeriesNodes())}
+    for series in series_nodes:
+        if series.GetID() not in observed:
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
     return chart
+
+
+def update_loss_plot(scene, losses: list[tuple[int, float]], name: str = "RADA training loss",
+                     validation: list[tuple[int, float, float | None]] | None = None):
+    """Table + plot series + chart nodes showing ``losses`` and, once there is any, the
+    validation Dice per iteration as a second series of the same chart (the panel has one
+    plot); returns the chart node."""
+    series = [_plot_series(scene, name, ("iteration", "loss"), losses)]
+    if validation:
+        series.append(_plot_series(scene, "RADA validation Dice", ("iteration", "dice", "hd95"), validation))
+    return _chart(scene, name, "Training loss and validation Dice", "loss / Dice", series)
 
 
 def update_validation_plot(scene, validation: list[tuple[int, float, float | None]],
                            name: str = "RADA validation Dice"):
     """Table + plot series + chart nodes of the validation Dice per iteration (from
-    :attr:`TrainTask.validation`); returns the chart node. The panel shows it beside the loss."""
-    import vtk
-
-    table_node = scene.GetFirstNodeByName(f"{name} table")
-    if table_node is None:
-        table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} table")
-    table = table_node.GetTable()
-    if table.GetNumberOfColumns() != 3:
-        table.Initialize()
-        for column_name, cls in (("iteration", vtk.vtkIntArray), ("dice", vtk.vtkDoubleArray),
-                                 ("hd95", vtk.vtkDoubleArray)):
-            column = cls()
-            column.SetName(column_name)
-            table.AddColumn(column)
-    table.SetNumberOfRows(len(validation))
-    for row, (iteration, dice, hd95) in enumerate(validation):
-        table.SetValue(row, 0, vtk.vtkVariant(int(iteration)))
-        table.SetValue(row, 1, vtk.vtkVariant(float(dice)))
-        table.SetValue(row, 2, vtk.vtkVariant(float("nan") if hd95 is None else float(hd95)))
-    table.Modified()
-    table_node.Modified()
-    series = scene.GetFirstNodeByName(f"{name} series")
-    if series is None:
-        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} series")
-        series.SetAndObserveTableNodeID(table_node.GetID())
-        series.SetXColumnName("iteration")
-        series.SetYColumnName("dice")
-        series.SetPlotType(series.PlotTypeScatter)
-    chart = scene.GetFirstNodeByName(f"{name} chart")
-    if chart is None:
-        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{name} chart")
-        chart.AddAndObservePlotSeriesNodeID(series.GetID())
-        chart.SetTitle("Validation Dice")
-        chart.SetXAxisTitle("iteration")
-        chart.SetYAxisTitle("Dice")
-    return chart
+    :attr:`TrainTask.validation`) on a chart of its own; returns the chart node."""
+    series = _plot_series(scene, name, ("iteration", "dice", "hd95"), validation)
+    return _chart(scene, name, "Validation Dice", "Dice", [series])

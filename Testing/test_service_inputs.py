@@ -181,3 +181,21 @@ def test_options_accepted_at_submit_never_fail_later(case, fuzz_server):
     else:
         STATS["other_4xx"] += 1
         assert response.json()["detail"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"iterations": 0}, "iterations must be at least 1"),
+    ({"validate_every": 0}, "validate_every must be at least 1"),
+    ({"guidance": "always"}, "'guidance' must be auto or off"),
+    ({"device": "tpu"}, "unknown device 'tpu'"),
+    ({"iteration": 3}, "unknown train option 'iteration'"),
+    ({"iterations": "10"}, "'iterations' has the wrong type"),
+])
+def test_train_options_are_refused_at_submit(options, message):
+    from rada.errors import InputError
+    from rada.service.jobs import check_train_options
+
+    with pytest.raises(InputError, match=message):
+        check_train_options({"dataset": "la", **options}, None)
+    assert check_train_options({"dataset": "la", "iterations": 10, "validate_every": 5, "guidance": "off"},
+                               None)["guidance"] == "off"

@@ -587,9 +587,11 @@ def run_train_job(ctx: JobContext) -> JobOutput:
 def check_train_options(options: Mapping[str, Any], settings: Any) -> dict[str, Any]:
     """Validate a train job's option names, types and ranges at submit (InputError: one line)."""
     options = _check_options(options, TRAIN_OPTIONS, "train")
-    for key in ("iterations", "checkpoint_every"):
+    for key in ("iterations", "checkpoint_every", "validate_every"):
         if key in options and options[key] < 1:
             raise InputError(f"{key} must be at least 1, got {options[key]}")
+    if options.get("guidance", "auto") not in ("auto", "off"):
+        raise InputError(f"train option 'guidance' must be auto or off, not {options['guidance'][:40]!r}")
     if "device" in options and not _DEVICE_RE.match(options["device"]):
         raise InputError(f"unknown device {options['device'][:40]!r}; use auto, cpu, cuda or cuda:N")
     return options

@@ -80,7 +80,6 @@ def test_local_server_subprocess_starts_serves_and_stops():
 
 
 def test_local_server_that_cannot_start_reports_its_log():
-    pytest.importorskip("torch", reason="`rada serve` needs torch: the CLI imports rada.guidance when it builds its parser")
     server = LocalServer(extra_args=["--workers", "0"])
     with pytest.raises(ServerUnavailableError, match="(?s)exited with code 2.*max_workers must be at least 1"):
         server.start(timeout=60)

@@ -26,6 +26,18 @@ _R = np.array([[np.cos(_A), -np.sin(_A), 0.0], [np.sin(_A), np.cos(_A), 0.0], [0
 OBLIQUE = {"spacing": (0.9, 1.0, 1.6), "origin": (-103.25, 17.125, 401.3), "direction": tuple(_R.ravel())}
 
 
+def expect_input_error(call, text: str, accepted: str, start: bool = False) -> None:
+    """Run ``call``; it must refuse with an InputError whose message contains (or, with
+    ``start``, begins with) ``text``; ``accepted`` says what went wrong if it did not refuse."""
+    try:
+        call()
+    except InputError as exc:
+        message = str(exc)
+        assert message.startswith(text) if start else text in message, message
+    else:
+        raise AssertionError(accepted)
+
+
 def prepare_scene(scene) -> None:
     """What Slicer does at startup and slicer-core does not: the segmentations logic."""
     logic = slicer.vtkSlicerSegmentationsModuleLogic()
@@ -132,21 +144,14 @@ def check_bad_paintings_refused(scene) -> None:
     painting = logic.analyze_painting(vol_node, seg_node, sid)
     assert not painting.ok and painting.error.startswith("no annotated coronal slice"), painting.error
     assert "coronal (J): none" in painting.summary()
-    try:
-        logic.submit(vol_node, seg_node, sid)  # refused before anything is sent
-    except InputError as exc:
-        assert str(exc).startswith("no annotated coronal slice"), exc
-    else:
-        raise AssertionError("a painting without a coronal slice was accepted")
+    # refused before anything is sent
+    expect_input_error(lambda: logic.submit(vol_node, seg_node, sid), "no annotated coronal slice",
+                       "a painting without a coronal slice was accepted", start=True)
     empty_id = seg_node.GetSegmentation().AddEmptySegment("", "empty")
     painting = logic.analyze_painting(vol_node, seg_node, empty_id)
     assert not painting.ok and painting.error.startswith("nothing is painted"), painting.error
-    try:
-        logic.analyze_painting(vol_node, seg_node, "no-such-segment")
-    except InputError as exc:
-        assert "no segment selected" in str(exc)
-    else:
-        raise AssertionError("a missing segment was accepted")
+    expect_input_error(lambda: logic.analyze_painting(vol_node, seg_node, "no-such-segment"),
+                       "no segment selected", "a missing segment was accepted")
 
 
 def fake_task(image: Volume, annotation: SparseAnnotation, label: np.ndarray, volume_node) -> SegmentTask:
@@ -195,12 +200,8 @@ def check_undo(scene) -> None:
     assert not scene.GetUndoFlag()
     # A result that would overwrite the painted slices is refused.
     bad = fake_task(image, painting.annotation, np.zeros(image.shape, np.uint8), vol_node)
-    try:
-        logic.apply_result(bad, seg_node, "bad")
-    except InputError as exc:
-        assert "painted slices" in str(exc)
-    else:
-        raise AssertionError("a result that drops the painted slices was applied")
+    expect_input_error(lambda: logic.apply_result(bad, seg_node, "bad"), "painted slices",
+                       "a result that drops the painted slices was applied")
 
 
 def check_result_goes_where_chosen_at_submit(scene) -> None:
@@ -221,12 +222,8 @@ def check_result_goes_where_chosen_at_submit(scene) -> None:
     assert chosen.GetSegmentation().GetSegment(result_id).GetName() == "liver (RADA)"
     assert seg_node.GetSegmentation().GetNumberOfSegments() == 1, "the painted segmentation was written to"
     scene.RemoveNode(chosen)
-    try:
-        logic.apply_result(done)
-    except InputError as exc:
-        assert "is gone" in str(exc)
-    else:
-        raise AssertionError("a result was applied to a segmentation that no longer exists")
+    expect_input_error(lambda: logic.apply_result(done), "is gone",
+                       "a result was applied to a segmentation that no longer exists")
 
 
 def check_painting_check_leaves_scene_unchanged(scene) -> None:

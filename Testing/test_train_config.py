@@ -15,7 +15,7 @@ from rada.nets import VIEWS, ModelConfig
 from rada.train import ScheduleConfig, TrainConfig, TrainingData, load_checkpoint, train
 from rada.train.config import config_to_dict, load_config
 from rada.train.guidance_choice import choose_guidance, with_guidance
-from rada.train.trainer import read_log
+from rada.train.run_log import read_log
 from rada.train.validation import ValidationCase, validate
 
 from test_train_method import _data

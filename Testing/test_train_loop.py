@@ -19,7 +19,7 @@ from rada.dataset import zscore
 from rada.nets import VIEWS, ModelConfig
 from rada.volume import Volume
 from rada.train import LabeledCase, ScheduleConfig, TrainConfig, Trainer, TrainingData, load_checkpoint, train
-from rada.train.trainer import read_log
+from rada.train.run_log import read_log
 
 DOWN = (slice(None, None, 2), slice(None, None, 3), slice(None, None, 3))  # 88x140x180 -> 44x47x60
 

@@ -12,7 +12,6 @@ and the checkpoint holds weights, optimiser states and the iteration (plus RNG s
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import sys
@@ -32,13 +31,10 @@ from rada.train.checkpoint import load_checkpoint, save_checkpoint
 from rada.train.cotraining import certainty_mask, teacher_mean_probability, view_losses
 from rada.train.data import Batch, TrainingData, sample_batch
 from rada.train.distributed import DistInfo, all_gather_objects, barrier, init_distributed, select_device
+from rada.train.run_log import RunLog
 
 CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "log.csv"
-CURVE_NAME = "loss.png"
 BEST_NAME = "best.pt"
-LOG_FIELDS = ("iteration", "loss", "sup", "unsup", "certain", "lr", "beta", "alpha", "threshold", "seconds",
-              "val_dice", "val_hd95")
 
 
 @dataclass(frozen=True)
@@ -162,6 +158,7 @@ class Trainer:
         self.config = config.validate()
         self.data = data
         self.run_dir = Path(run_dir)
+        self.log = RunLog(self.run_dir)
         self.guidance = Guidance.from_embeddings(guidance)
         self.guidance_reason = guidance_reason or str(getattr(guidance, "reason", "") or "") or (
             "guidance off: no guidance embeddings given" if self.guidance is None else "embeddings given")
@@ -229,7 +226,7 @@ class Trainer:
         state = self.state()  # collective when distributed: every rank builds it
         if self.dist.main:
             save_checkpoint(state, self.checkpoint_path)
-            plot_log(self.run_dir / LOG_NAME, self.run_dir / CURVE_NAME)
+            self.log.plot()
         barrier(self.dist)
         return self.checkpoint_path
 
@@ -316,9 +313,8 @@ class Trainer:
             self.load(self.checkpoint_path)
         elif self.checkpoint_path.exists() and not resume:
             raise InputError(f"{self.checkpoint_path} exists: pass --resume to continue it or use another run folder")
-        log = self.run_dir / LOG_NAME
         if self.dist.main:
-            _truncate_log(log, self.iteration)
+            self.log.truncate(self.iteration)
         total = self.config.schedule.iterations
         bar = None
         if self.dist.main and self.config.progress:
@@ -334,7 +330,7 @@ class Trainer:
                 values["seconds"] = time.perf_counter() - t0
                 self._maybe_validate(values)
                 if self.dist.main:
-                    _append_log(log, values)
+                    self.log.append(values)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.0e}",
@@ -348,11 +344,10 @@ class Trainer:
                 bar.close()
         curve = None
         if self.dist.main:  # the last save drew it; draw it when nothing was saved (a finished run)
-            curve = self.run_dir / CURVE_NAME
-            curve = curve if curve.exists() else plot_log(log, curve)
+            curve = self.log.curve()
         best = self.run_dir / BEST_NAME
         guidance = {"enabled": self.guidance is not None, "reason": self.guidance_reason}
-        return TrainResult(self.checkpoint_path, self.iteration, log, curve, guidance,
+        return TrainResult(self.checkpoint_path, self.iteration, self.log.path, curve, guidance,
                            {**self.validation, "history": list(self.validation["history"])},
                            best if best.exists() and self.validation["best_iteration"] is not None else None)
 
@@ -374,68 +369,6 @@ class Trainer:
             self.validation.update(best_dice=scores.dice, best_iteration=self.iteration)
             values["best"] = 1.0
             save_checkpoint(self.model_state(), self.run_dir / BEST_NAME)
-
-
-def _truncate_log(log: Path, iteration: int) -> None:
-    """Keep the rows up to ``iteration`` (the rows of a killed run's lost iterations go)."""
-    if not log.exists():
-        return
-    with open(log, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= iteration]
-    with open(log, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, LOG_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _append_log(log: Path, values: Mapping[str, float]) -> None:
-    new = not log.exists()
-    with open(log, "a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(values)
-
-
-def read_log(log: str | os.PathLike) -> list[dict[str, float]]:
-    with open(log, newline="", encoding="utf-8") as f:
-        return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(f)]
-
-
-def plot_log(log: str | os.PathLike, out: str | os.PathLike) -> Path | None:
-    """Loss curves (total, supervised, unsupervised) and beta/alpha of a run as a PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # plots are optional (extra 'plots')
-        return None
-    rows = read_log(log)
-    if not rows:
-        return None
-    it = [r["iteration"] for r in rows]
-    val = [(r["iteration"], r["val_dice"]) for r in rows if math.isfinite(r.get("val_dice", math.nan))]
-    fig, axes = plt.subplots(1, 3 if val else 2, figsize=(15 if val else 10, 3.5))
-    ax, ax2 = axes[0], axes[1]
-    for key in ("loss", "sup", "unsup"):
-        ax.plot(it, [r[key] for r in rows], label=key, lw=0.8)
-    ax.set_xlabel("iteration"), ax.set_ylabel("loss"), ax.legend()
-    for key in ("beta", "alpha", "certain"):
-        ax2.plot(it, [r[key] for r in rows], label=key, lw=0.8)
-    ax2.set_xlabel("iteration"), ax2.legend()
-    if val:
-        axes[2].plot(*zip(*val), "o-", label="validation Dice")
-        best = max(val, key=lambda p: p[1])
-        axes[2].annotate(f"best {best[1]:.3f} @ {int(best[0])}", best)
-        axes[2].set_xlabel("iteration"), axes[2].set_ylabel("Dice"), axes[2].set_ylim(0, 1), axes[2].legend()
-    fig.tight_layout()
-    from rada.io import atomic_path
-
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return Path(out)
 
 
 def train(data: TrainingData, run_dir: str | os.PathLike, config: TrainConfig = TrainConfig(),
@@ -548,5 +481,5 @@ def _median_spacing(spec: Any) -> list[float] | None:
     return np.median(np.asarray(spacings), axis=0).tolist() if spacings else None
 
 
-__all__ = ["TrainConfig", "Guidance", "Trainer", "TrainResult", "train", "train_dataset", "read_log", "plot_log",
+__all__ = ["TrainConfig", "Guidance", "Trainer", "TrainResult", "train", "train_dataset",
            "CHECKPOINT_NAME", "VIEWS"]

@@ -89,7 +89,14 @@ def _coerce(tp: Any, value: Any, current: Any, where: str) -> Any:
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """JSON-ready nested dict of a config dataclass (tuples become lists)."""
+    """JSON-ready nested dict of a config dataclass (tuples become lists).
+
+    Args:
+        config: a (nested) config dataclass instance.
+
+    Returns:
+        Plain dicts, lists and scalars; ``load_config(type(config), result)`` gives ``config`` back.
+    """
     def plain(v: Any) -> Any:
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]

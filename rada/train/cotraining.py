@@ -20,7 +20,12 @@ from rada.train.losses import entropy, masked_cross_entropy, supervised_loss
 
 @contextlib.contextmanager
 def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
-    """Batch statistics are still used (train mode), but running statistics are not updated."""
+    """Within the block, batch statistics are still used (train mode) but the running statistics
+    (and ``num_batches_tracked``) of every batch norm in ``module`` are left unchanged.
+
+    Args:
+        module: a network with batch-norm layers.
+    """
     saved = []
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -36,7 +41,17 @@ def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
 
 
 def noisy_copies(x: Tensor, passes: int, std: float = 0.1, clip: float = 0.2) -> Tensor:
-    """``passes`` noisy copies of ``x`` stacked on the batch axis: ``[passes * B, ...]``."""
+    """``passes`` noisy copies of ``x`` stacked on the batch axis (draws from torch's global RNG).
+
+    Args:
+        x: ``[B, ...]``.
+        passes: number of copies.
+        std: standard deviation of the Gaussian noise.
+        clip: the noise is clipped to ``[-clip, clip]``.
+
+    Returns:
+        ``[passes * B, ...]`` (copy ``i`` is rows ``i * B`` to ``(i + 1) * B``).
+    """
     xs = x.repeat(passes, *([1] * (x.dim() - 1)))
     return xs + torch.clamp(torch.randn_like(xs) * std, -clip, clip)
 
@@ -44,10 +59,20 @@ def noisy_copies(x: Tensor, passes: int, std: float = 0.1, clip: float = 0.2) ->
 @torch.no_grad()
 def teacher_mean_probability(net: nn.Module, x: Tensor, passes: int = 8, std: float = 0.1, clip: float = 0.2,
                              batched: bool = True) -> Tensor:
-    """Mean softmax of ``passes`` noisy passes of ``net`` on ``x`` -> ``[B, C, ...]`` (float32).
+    """Mean softmax of ``passes`` noisy passes of ``net`` on ``x`` (no gradients, running
+    batch-norm statistics untouched).
 
-    ``batched=True`` runs them as one forward; ``False`` runs them one by one (the
-    reference's way, kept for the benchmark). Noise is drawn the same way in both.
+    Args:
+        net: the teacher network.
+        x: ``[B, 1, ...]`` unlabeled patches.
+        passes: number of noisy passes.
+        std: standard deviation of the noise.
+        clip: the noise is clipped to ``[-clip, clip]``.
+        batched: one forward for all passes; False runs them one by one (the reference's
+            way, kept for the benchmark). The noise is drawn the same way in both.
+
+    Returns:
+        ``[B, C, ...]`` float32 probabilities.
     """
     with frozen_bn_stats(net):
         noisy = noisy_copies(x, passes, std, clip)
@@ -60,18 +85,41 @@ def teacher_mean_probability(net: nn.Module, x: Tensor, passes: int = 8, std: fl
 
 
 def certainty_mask(mean_probability: Tensor, threshold: float) -> Tensor:
-    """Voxels whose entropy (nats) is below ``threshold``."""
+    """Voxels whose entropy (nats) is below ``threshold``.
+
+    Args:
+        mean_probability: ``[B, C, ...]`` (from :func:`teacher_mean_probability`).
+        threshold: entropy threshold in nats.
+
+    Returns:
+        Boolean ``[B, ...]``.
+    """
     return entropy(mean_probability) < threshold
 
 
 def view_losses(logits: Mapping[str, Tensor], labels: Mapping[str, Tensor], weights: Mapping[str, Tensor],
                 n_labeled: int, masks: Mapping[str, Tensor] | None, beta: float,
                 form: str = "sgtc") -> dict[str, dict[str, Tensor]]:
-    """Per view: ``sup``, ``unsup`` (sum over the other views) and ``total``.
+    """The losses of every view; teachers' pseudo-labels are the argmax of their (detached)
+    outputs on the unlabeled part.
 
     ``form='sgtc'``: ``(1 - 2 beta) L_sup + beta L_j + beta L_k`` (DEFAULT);
     ``form='paper'``: ``(1 - beta) L_sup + beta (L_j + L_k) / 2``.
-    Teachers' pseudo-labels are the argmax of their (detached) outputs on the unlabeled part.
+
+    Args:
+        logits: per view, ``[B, 2, ...]``: ``n_labeled`` labeled rows, then unlabeled rows.
+        labels: per view, the labeled rows' pseudo-labels ``[n_labeled, ...]``.
+        weights: per view, their alpha^d weights ``[n_labeled, ...]``.
+        n_labeled: number of labeled rows.
+        masks: per view, its certain voxels on the unlabeled rows; None: supervised only.
+        beta: the unsupervised weight.
+        form: ``"sgtc"`` or ``"paper"``.
+
+    Returns:
+        Per view: ``sup``, ``unsup`` (sum over the other views) and ``total`` (scalars).
+
+    Raises:
+        ValueError: an unknown ``form``.
     """
     names = list(logits)
     pseudo = {k: logits[k][n_labeled:].detach().argmax(1) for k in names} if masks else {}

@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from rada.errors import InputError
+from rada.guidance import DEFAULT_FILENAME, embed_dataset, load_embeddings
 
 AUTO = "auto"
 OFF = "off"
@@ -22,16 +24,23 @@ OFF = "off"
 
 @dataclasses.dataclass(frozen=True)
 class GuidanceChoice:
-    """The embeddings to train with (None: guidance off) and why."""
+    """The embeddings to train with (None: guidance off) and why.
+
+    Attributes:
+        embeddings: ``rada.guidance.GuidanceEmbeddings`` (or alike), None for guidance off.
+        reason: one line for the user and the checkpoint.
+    """
 
     embeddings: Any | None
     reason: str
 
     @property
     def enabled(self) -> bool:
+        """Whether the run trains with guidance."""
         return self.embeddings is not None
 
     def summary(self) -> dict[str, Any]:
+        """``{"enabled": bool, "reason": str}`` for reports and the service."""
         return {"enabled": self.enabled, "reason": self.reason}
 
 
@@ -40,9 +49,14 @@ def _enabled(emb: Any) -> bool:
 
 
 def from_checkpoint(state: dict) -> GuidanceChoice:
-    """The guidance a checkpoint was trained with."""
-    from types import SimpleNamespace
+    """The guidance a checkpoint was trained with.
 
+    Args:
+        state: a loaded checkpoint.
+
+    Returns:
+        :class:`GuidanceChoice` with the checkpoint's embeddings, or off with its reason.
+    """
     g = state.get("guidance") or {"enabled": False}
     if g.get("enabled"):
         return GuidanceChoice(SimpleNamespace(enabled=True, text=g["text"], visual=g["visual"]),
@@ -71,8 +85,6 @@ def choose_guidance(guidance: Any, guided_config: bool, dataset_root: Path | Non
     Raises:
         InputError: explicit embeddings with a guidance-off model config, or an unreadable file.
     """
-    from rada.guidance import DEFAULT_FILENAME, load_embeddings
-
     if guidance is None:
         return GuidanceChoice(None, "guidance off: no guidance embeddings given")
     if isinstance(guidance, str) and guidance == OFF:
@@ -96,8 +108,6 @@ def choose_guidance(guidance: Any, guided_config: bool, dataset_root: Path | Non
         return GuidanceChoice(None, emb.reason or f"guidance off: the dataset's {DEFAULT_FILENAME} says so")
     if dataset_root is None:
         return GuidanceChoice(None, "guidance off: no guidance embeddings given")
-    from rada.guidance import embed_dataset
-
     if progress:
         progress("computing the guidance embeddings (frozen encoder, once)")
     out = (run_dir or dataset_root) / DEFAULT_FILENAME
@@ -108,7 +118,16 @@ def choose_guidance(guidance: Any, guided_config: bool, dataset_root: Path | Non
 
 
 def with_guidance(config: Any, choice: GuidanceChoice) -> Any:
-    """``config`` (a TrainConfig) with the model's guidance input matching ``choice``."""
+    """``config`` with the model's guidance input matching ``choice``.
+
+    Args:
+        config: a :class:`rada.train.TrainConfig`.
+        choice: the run's guidance.
+
+    Returns:
+        ``config`` itself when it already matches, else a copy whose head's
+        ``embedding_dim`` is 1024 (guidance on) or 0 (off).
+    """
     head = config.model.head
     dim = head.embedding_dim if choice.enabled and head.embedding_dim else (1024 if choice.enabled else 0)
     if dim == head.embedding_dim:

@@ -20,6 +20,7 @@ from rada.nets import VIEWS, ModelConfig
 from rada.volume import Volume
 from rada.train import LabeledCase, ScheduleConfig, TrainConfig, Trainer, TrainingData, load_checkpoint, train
 from rada.train.run_log import read_log
+from rada.train.validation import ValidationCase
 
 DOWN = (slice(None, None, 2), slice(None, None, 3), slice(None, None, 3))  # 88x140x180 -> 44x47x60
 
@@ -118,6 +119,67 @@ def test_guided_training_keeps_its_embeddings(la_data, tmp_path):
         Trainer(tiny_config(2, guidance=True), la_data, tmp_path / "x", guidance=FakeEmbeddings(enabled=False))
     with pytest.raises(InputError, match="guidance"):
         Trainer(tiny_config(2, guidance=False), la_data, tmp_path / "y", guidance=emb)
+
+
+class _HookRecorder(Trainer):
+    """A Trainer that records its hooks: the run loop must be this sequence, so a subclass can
+    change one step (e.g. another validation) by overriding one hook."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[str] = []
+
+    def on_train_start(self, resume):
+        self.calls.append("on_train_start")
+        super().on_train_start(resume)
+
+    def on_iteration_start(self, t):
+        self.calls.append(f"on_iteration_start {t}")
+        return super().on_iteration_start(t)
+
+    def train_step(self, batch):
+        self.calls.append(f"train_step {batch.iteration}")
+        return super().train_step(batch)
+
+    def on_iteration_end(self, values):
+        self.calls.append(f"on_iteration_end {self.iteration}")
+        super().on_iteration_end(values)
+
+    def validation_step(self):
+        self.calls.append(f"validation_step {self.iteration}")
+        return super().validation_step()
+
+    def on_validation_end(self, scores, values):
+        self.calls.append(f"on_validation_end {self.iteration}")
+        super().on_validation_end(scores, values)
+
+    def save_checkpoint(self):
+        self.calls.append(f"save_checkpoint {self.iteration}")
+        return super().save_checkpoint()
+
+    def on_train_end(self):
+        self.calls.append("on_train_end")
+        return super().on_train_end()
+
+
+def test_fit_is_the_sequence_of_hooks(la_data, tmp_path):
+    first = la_data.labeled[0]
+    val = [ValidationCase(first.id, first.image, next(iter(first.labels.values())))]
+    data = TrainingData(la_data.labeled, la_data.unlabeled, la_data.unlabeled_ids, val)
+    trainer = _HookRecorder(tiny_config(3, checkpoint_every=2, validate_every=2), data, tmp_path / "h")
+    result = trainer.fit()
+    assert trainer.calls == [
+        "on_train_start",
+        "on_iteration_start 0", "train_step 0", "on_iteration_end 1",
+        "on_iteration_start 1", "train_step 1", "on_iteration_end 2", "validation_step 2", "on_validation_end 2",
+        "save_checkpoint 2",
+        "on_iteration_start 2", "train_step 2", "on_iteration_end 3", "validation_step 3", "on_validation_end 3",
+        "save_checkpoint 3",
+        "on_train_end"]
+    assert [h["iteration"] for h in result.validation["history"]] == [2, 3] and result.best is not None
+    rows = read_log(result.log)  # the validation lands in the row of its iteration
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3] and np.isnan(rows[0]["val_dice"])
+    assert [r["val_dice"] for r in rows[1:]] == pytest.approx([h["dice"] for h in result.validation["history"]])
 
 
 def test_tampered_checkpoint_is_rejected(la_data, tmp_path):

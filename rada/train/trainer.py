@@ -8,6 +8,9 @@ are detached); the three SGD optimisers step with the same learning-rate schedul
 
 Resuming is exact: all randomness of iteration ``t`` is seeded from ``(seed, rank, t)``
 and the checkpoint holds weights, optimiser states and the iteration (plus RNG states).
+
+:class:`Trainer` runs as a sequence of hooks (see its docstring); the metrics log lives in
+:mod:`rada.train.run_log`, training from a dataset folder in :mod:`rada.train.from_dataset`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from rada.service import PROTOCOL_HEADER, PROTOCOL_VERSION  # noqa: E402
 from rada.service import client as client_module  # noqa: E402
 from rada.service.client import AuthError, ProtocolMismatchError, RadaClient, ServiceError  # noqa: E402
 from rada.service.codec import encode_nrrd  # noqa: E402
-from rada.service.jobs import JobOutput  # noqa: E402
+from rada.service.manager import JobOutput  # noqa: E402
 
 from service_helpers import TOKEN, Recorder, ellipsoid_case, start_test_server  # noqa: E402
 

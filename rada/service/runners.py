@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from rada.annotation import as_annotation
 from rada.errors import InputError
 from rada.pipeline import PRESETS, SegmentCache, SegmentConfig, image_key, segment_case
+from rada.safe_write import atomic_path
 from rada.service.manager import JobContext, JobOutput, Runner
 from rada.service.settings import ServiceSettings
 from rada.volume import Volume
@@ -215,7 +216,7 @@ def train_config_from_options(options: Mapping[str, Any], settings: ServiceSetti
         InputError: one line for a bad key, type or value.
     """
     from rada.train import TrainConfig  # lazy: torch, loaded by the first train job only
-    from rada.train.config import with_overrides
+    from rada.train.config import with_overrides  # lazy: importing rada.train loads torch
 
     config = TrainConfig.from_dict(options.get("config") or {}, TrainConfig(device=settings.device))
     return with_overrides(config, iterations=options.get("iterations"), progress=False,
@@ -271,11 +272,8 @@ def run_train_job(ctx: JobContext) -> JobOutput:
     ctx.progress(0.0, "prepare", "checking the dataset and the settings")
     result = train_dataset(settings.datasets_dir / dataset, run_dir, config, guidance,
                            resume=bool(options.get("resume")), callback=callback, progress=progress)
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    target = settings.models_dir / f"{name}.pt"
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(result.best or result.checkpoint, tmp)
-    tmp.replace(target)
+    with atomic_path(settings.models_dir / f"{name}.pt") as tmp:  # clients never see half a model
+        shutil.copyfile(result.best or result.checkpoint, tmp)
     history = [{k: h[k] for k in ("iteration", "dice", "hd95", "empty")} for h in result.validation.get("history", [])]
     return JobOutput(None, {"model": name, "iterations": result.iterations, "dataset": dataset,
                             "guidance": result.guidance, "selected": "best" if result.best else "last",

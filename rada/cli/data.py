@@ -29,6 +29,7 @@ def add_prepare_sparse(sub: argparse._SubParsersAction) -> None:
 
 def run_prepare_sparse(args: argparse.Namespace) -> int:
     """Write the sparse annotation of a dense label."""
+    # lazy: only the command that runs loads its work modules (module docstring)
     from rada.annotation import SparseAnnotation
     from rada.io import read_volume, write_volume
 
@@ -53,6 +54,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Score predictions against references: a table (or JSON) on stdout, optionally a CSV."""
+    # lazy: only the command that runs loads its work modules (module docstring)
     from rada.evaluation import evaluate_paths, format_table, write_csv
 
     check_outputs((args.csv, None))
@@ -84,6 +86,7 @@ def add_prepare_dataset(sub: argparse._SubParsersAction) -> None:
 
 def run_prepare_dataset(args: argparse.Namespace) -> int:
     """Build the dataset folder with the protocol's fixed split."""
+    # lazy: only the command that runs loads its work modules (module docstring)
     from rada.dataset import SplitFile, build_la2018
 
     src = Path(args.source)

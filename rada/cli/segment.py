@@ -35,6 +35,7 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
 
 def run_segment(args: argparse.Namespace) -> int:
     """Segment one image from its painting; write the label (and the report) together."""
+    # lazy: only the command that runs loads its work modules (module docstring)
     from rada.io import Segment, Segmentation, load_annotation, read_volume, write_segmentation, write_volume
     from rada.pipeline import SegmentConfig, segment_case
 
@@ -81,6 +82,7 @@ def add_propagate(sub: argparse._SubParsersAction) -> None:
 
 def run_propagate(args: argparse.Namespace) -> int:
     """Propagate the annotated slices; write the pseudo-labels (.npz) and optionally the fused label."""
+    # lazy: only the command that runs loads its work modules (module docstring)
     from rada.io import read_annotation, read_volume, write_volume
     from rada.propagation import PropagationConfig, propagate, save_propagation
 
@@ -124,6 +126,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Predict one image with a checkpoint; write the label, probability and report together."""
+    # lazy: only the command that runs loads its work modules (module docstring)
     from rada.infer import InferenceConfig, predict
     from rada.io import read_annotation, read_volume, write_volume
 

@@ -74,7 +74,7 @@ def add_web(sub: argparse._SubParsersAction) -> None:
 
 def run_web(args: argparse.Namespace) -> int:
     """Serve the web app until interrupted."""
-    from rada.web import cli_config
-    from rada.web.app import run  # lazy: trame and slicer-core
+    from rada.web import cli_config  # lazy: the web app and its session load slicer-core on first use
+    from rada.web.app import run
 
     return run(cli_config(args))

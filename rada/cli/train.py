@@ -45,6 +45,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train on a dataset: the config file (if any), the flags on top; JSON summary from rank 0."""
+    # lazy: only the command that runs loads its work modules (module docstring)
     from rada.train import TrainConfig, train_dataset
     from rada.train.config import read_config_file, with_overrides
 
@@ -96,6 +97,7 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
 
 def run_embed(args: argparse.Namespace) -> int:
     """Compute the guidance embeddings file; print where it is and what it holds."""
+    # lazy: only the command that runs loads its work modules (module docstring)
     from rada.guidance.build import EmbedRequest, build_embeddings
 
     request = EmbedRequest(inputs=args.inputs, annotations=args.annotation, organ=args.organ, prompt=args.prompt,

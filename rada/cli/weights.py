@@ -38,6 +38,7 @@ def add_weights(sub: argparse._SubParsersAction) -> None:
 
 def run_weights_download(args: argparse.Namespace) -> int:
     """Download registry files (or an encoder variant's files); print where they are."""
+    # lazy: only the command that runs loads its work modules (module docstring)
     from rada.guidance import weights as W
 
     names: list[str] = [] if args.names else W.files_for([W.DEFAULT_VARIANT])
@@ -60,6 +61,7 @@ def run_weights_download(args: argparse.Namespace) -> int:
 
 def run_weights_import(args: argparse.Namespace) -> int:
     """Copy a weights file into the cache; print its path and sha256."""
+    # lazy: only the command that runs loads its work modules (module docstring)
     from rada.guidance import weights as W
 
     path = W.import_file(args.file, name=args.name, progress=not args.quiet)
@@ -70,6 +72,7 @@ def run_weights_import(args: argparse.Namespace) -> int:
 
 def run_weights_list(args: argparse.Namespace) -> int:
     """Print the known weights, where they are and their sha256."""
+    # lazy: only the command that runs loads its work modules (module docstring)
     from rada.guidance import weights as W
 
     print_json(W.list_weights())

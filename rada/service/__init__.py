@@ -18,6 +18,8 @@ from __future__ import annotations
 PROTOCOL_VERSION = 1
 PROTOCOL_HEADER = "X-RADA-Protocol"
 
+from rada.service.settings import ServiceSettings  # noqa: E402  (light: no FastAPI, no httpx)
+
 __all__ = ["PROTOCOL_VERSION", "PROTOCOL_HEADER", "RadaClient", "LocalServer", "create_app", "ServiceSettings"]
 
 
@@ -30,8 +32,4 @@ def __getattr__(name: str):  # lazy: importing rada.service must not import Fast
         from rada.service.app import create_app
 
         return create_app
-    if name == "ServiceSettings":
-        from rada.service.settings import ServiceSettings
-
-        return ServiceSettings
     raise AttributeError(name)

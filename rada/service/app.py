@@ -109,8 +109,18 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket on ``host:port`` (port 0: a free one, no race)."""
+    """A listening-ready TCP socket on ``host:port`` (port 0: a free one, no race).
 
+    Args:
+        host: the address to bind.
+        port: the port; 0 lets the OS choose a free one.
+
+    Returns:
+        The bound socket (inheritable, for uvicorn).
+
+    Raises:
+        OSError: the address is in use or cannot be bound.
+    """
     family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     if os.name != "nt":  # on Windows SO_REUSEADDR would let another process take the port
@@ -131,6 +141,18 @@ def serve(settings: ServiceSettings, ready_file: Path | None = None, log_level: 
     the parent holds the pipe's other end, and the OS closes it when the parent dies, so a
     server started by Slicer never outlives it (a parent-pid check would miss pid reuse and
     does not work the same on Windows).
+
+    Args:
+        settings: the server's settings (address, token, limits, folders, device).
+        ready_file: where to write ``{"url", "pid", "protocol"}`` once listening (owner-only).
+        log_level: uvicorn's log level.
+        runners: job kind -> runner (default: :func:`rada.service.runners.default_runners`).
+        ssl_certfile: TLS certificate (for a non-loopback host).
+        ssl_keyfile: TLS private key.
+        exit_with_stdin: stop when standard input reaches end of file (the parent is gone).
+
+    Raises:
+        OSError: the address cannot be bound.
     """
     token_given = bool(settings.token or os.environ.get("RADA_TOKEN"))
     settings = settings.with_token()

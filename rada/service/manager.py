@@ -170,7 +170,11 @@ class JobManager:
                 self.workers.append(t)
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Cancel every job, stop the workers, remove the job folders."""
+        """Cancel every job, stop the workers, remove the job folders.
+
+        Args:
+            timeout: seconds to wait for the workers (running jobs stop at their next check).
+        """
         with self.lock:
             self.closed = True
             for job in self.jobs.values():
@@ -216,7 +220,14 @@ class JobManager:
             return self.jobs.get(job_id)
 
     def position(self, job: Job) -> int | None:
-        """0-based place in the waiting line (None unless queued)."""
+        """0-based place in the waiting line.
+
+        Args:
+            job: the job.
+
+        Returns:
+            The place, or None unless the job is queued.
+        """
         if job.state != QUEUED:
             return None
         with self.lock:
@@ -229,7 +240,15 @@ class JobManager:
             return job.snapshot(self.position(job))
 
     def events_after(self, job: Job, after: int) -> tuple[list[dict[str, Any]], bool]:
-        """Events with ``seq > after`` and whether the job has finished."""
+        """The job's events after ``after``.
+
+        Args:
+            job: the job.
+            after: the last event ``seq`` the caller has seen.
+
+        Returns:
+            ``(events with seq > after, whether the job has finished)``.
+        """
         with self.lock:
             return [e for e in job.events if e["seq"] > after], job.state in FINISHED
 
@@ -283,7 +302,11 @@ class JobManager:
         return job
 
     def cancel(self, job: Job) -> None:
-        """Queued: cancelled at once. Running: the runner stops at its next check."""
+        """Cancel a job: a queued one at once, a running one at the runner's next check.
+
+        Args:
+            job: the job (a finished one is left as it is).
+        """
         with self.lock:
             if job.state == QUEUED:
                 self._finish(job, CANCELLED, "cancelled", "cancelled before it started", "cancelled")

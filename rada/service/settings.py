@@ -71,7 +71,18 @@ class ServiceSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "ServiceSettings":
-        """Defaults, then ``RADA_*`` variables, then ``overrides`` (``None`` overrides are skipped)."""
+        """Defaults, then ``RADA_*`` variables, then ``overrides``.
+
+        Args:
+            env: the environment (default: ``os.environ``); variables in :data:`ENV_FIELDS`.
+            overrides: field values (command-line options); ``None`` values are skipped.
+
+        Returns:
+            The settings.
+
+        Raises:
+            InputError: a variable that should be a number is not, or a value out of range.
+        """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for var, name in ENV_FIELDS.items():

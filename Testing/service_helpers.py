@@ -10,7 +10,7 @@ import numpy as np
 
 from rada.annotation import SparseAnnotation
 from rada.service.app import bind_socket, create_app
-from rada.service.jobs import JobContext, JobOutput
+from rada.service.manager import JobContext, JobOutput
 from rada.service.settings import ServiceSettings
 from rada.volume import Volume
 

@@ -23,7 +23,7 @@ def test_readme_links_point_to_files_in_the_repository():
 def test_service_doc_covers_every_operation_option_and_status():
     pytest.importorskip("fastapi")
     from rada.service.app import create_app
-    from rada.service.jobs import SEGMENT_OPTIONS, TRAIN_OPTIONS
+    from rada.service.runners import SEGMENT_OPTIONS, TRAIN_OPTIONS
     from rada.service.settings import ServiceSettings
 
     doc = (REPO / "docs" / "service.md").read_text(encoding="utf-8")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 import time
 
@@ -18,7 +20,8 @@ from rada.service import PROTOCOL_HEADER, PROTOCOL_VERSION  # noqa: E402
 from rada.service import client as client_module  # noqa: E402
 from rada.service.client import AuthError, ProtocolMismatchError, RadaClient, ServiceError  # noqa: E402
 from rada.service.codec import encode_nrrd  # noqa: E402
-from rada.service.jobs import JobOutput  # noqa: E402
+from rada.service.manager import JobOutput  # noqa: E402
+from rada.service.settings import write_private_file  # noqa: E402
 
 from service_helpers import TOKEN, Recorder, ellipsoid_case, start_test_server  # noqa: E402
 
@@ -409,3 +412,15 @@ def test_openapi_needs_token_and_documents_the_api(server):
             "/jobs/{job_id}/result", "/jobs/{job_id}/report"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/jobs"]["post"]["requestBody"]["content"]
     assert json.dumps(spec).count("HTTPBearer") >= 2
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permission bits")
+def test_token_file_is_owner_only_and_written_whole(tmp_path):
+    path = write_private_file(tmp_path / "run" / "token", "secret\n")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "secret\n"
+    write_private_file(path, "other\n")  # replaced in one step, still private
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "other\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["token"]  # no temporary file left
+    with pytest.raises(InputError):
+        write_private_file(tmp_path / "run", "x")  # a folder: refused, nothing written
+    assert sorted(p.name for p in path.parent.iterdir()) == ["token"]

@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 from rada.service.app import create_app  # noqa: E402
 from rada.service.codec import encode_nrrd  # noqa: E402
-from rada.service.jobs import JobContext, JobOutput, SegmentRunner  # noqa: E402
+from rada.service.manager import JobContext, JobOutput  # noqa: E402
+from rada.service.runners import SegmentRunner  # noqa: E402
 from rada.service.settings import ServiceSettings  # noqa: E402
 
 from service_helpers import TOKEN, ServerThread, ellipsoid_case  # noqa: E402
@@ -193,7 +194,7 @@ def test_options_accepted_at_submit_never_fail_later(case, fuzz_server):
 ])
 def test_train_options_are_refused_at_submit(options, message):
     from rada.errors import InputError
-    from rada.service.jobs import check_train_options
+    from rada.service.runners import check_train_options
 
     with pytest.raises(InputError, match=message):
         check_train_options({"dataset": "la", **options}, None)

@@ -30,7 +30,7 @@ def test_offline_check(check, tmp_path):
 
 def _fake_train_runner(seen: list):
     """A 'train' runner that reports 'iteration i/N, loss x' like rada's and honours cancel."""
-    from rada.service.jobs import JobOutput
+    from rada.service.manager import JobOutput
 
     def run(ctx):
         seen.append(dict(ctx.options))

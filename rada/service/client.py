@@ -107,6 +107,7 @@ class JobStatus:
 
 
 def is_loopback(url: str) -> bool:
+    """Whether ``url``'s host is this machine (127.0.0.1, localhost, ::1)."""
     return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
 
 
@@ -193,7 +194,20 @@ class RadaClient:
 
     def submit(self, kind: str, volumes: Mapping[str, Volume] | None = None,
                options: Mapping[str, Any] | None = None) -> str:
-        """Queue a job of ``kind`` with NRRD-encoded ``volumes``; returns the job id."""
+        """Queue a job of ``kind`` with NRRD-encoded ``volumes``.
+
+        Args:
+            kind: the job kind (``segment``, ``train``).
+            volumes: upload field name -> volume.
+            options: the job's options (JSON-ready).
+
+        Returns:
+            The job id.
+
+        Raises:
+            InputError: the volumes exceed the server's upload limit, or the server refuses them.
+            ServiceError: any other refusal (token, protocol, queue full, unreachable).
+        """
         if self.check_protocol and self._health is None:
             self.health()
         files = {name: (f"{name}.nrrd", encode_nrrd(vol, compress=self.compress), "application/octet-stream")
@@ -218,9 +232,11 @@ class RadaClient:
         return self.submit("train", None, options)
 
     def status(self, job_id: str) -> JobStatus:
+        """The job's current status (``GET /jobs/{id}``)."""
         return JobStatus.from_json(self._request("GET", f"/jobs/{job_id}").json())
 
     def jobs(self) -> list[JobStatus]:
+        """Every job the server keeps, newest first."""
         return [JobStatus.from_json(d) for d in self._request("GET", "/jobs").json()]
 
     def cancel(self, job_id: str) -> JobStatus:
@@ -232,6 +248,7 @@ class RadaClient:
         self._request("DELETE", f"/jobs/{job_id}")
 
     def report(self, job_id: str) -> dict[str, Any]:
+        """A finished job's JSON report."""
         return self._request("GET", f"/jobs/{job_id}/report").json()
 
     def result(self, job_id: str) -> tuple[Volume, dict[str, Any]]:
@@ -272,9 +289,20 @@ class RadaClient:
 
     def wait(self, job_id: str, progress: ProgressFn | None = None, timeout: float | None = None,
              poll_interval: float = 1.0) -> JobStatus:
-        """Block until the job finishes, calling ``progress(fraction, stage, message)`` on each
-        change; returns the final status. Survives a dropped stream by reconnecting where it
-        left off (then by polling). ``cancel(job_id)`` from another thread ends it early."""
+        """Block until the job finishes, reporting each change.
+
+        Survives a dropped stream by reconnecting where it left off (then by polling).
+        ``cancel(job_id)`` from another thread ends it early.
+
+        Args:
+            job_id: the job.
+            progress: ``progress(fraction, stage, message)`` while it runs.
+            timeout: seconds before :class:`TimeoutError`; None waits for ever.
+            poll_interval: base delay between reconnections after a dropped stream.
+
+        Returns:
+            The final status (call :meth:`JobStatus.raise_for_state` for failures).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         last, failures = 0, 0
         while True:
@@ -302,8 +330,25 @@ class RadaClient:
                 options: Mapping[str, Any] | None = None, progress: ProgressFn | None = None,
                 cancel: threading.Event | None = None, timeout: float | None = None,
                 keep: bool = False) -> tuple[Volume, dict[str, Any]]:
-        """Submit, follow, fetch: the Segment button in one call. Setting ``cancel`` (from any
-        thread) cancels the job on the server; this then raises :class:`CancelledError`."""
+        """Submit, follow, fetch: the Segment button in one call.
+
+        Args:
+            image: the image volume.
+            annotation: its sparse annotation or painting, on the image grid.
+            options: segment options (:data:`rada.service.runners.SEGMENT_OPTIONS`).
+            progress: ``progress(fraction, stage, message)`` while it runs.
+            cancel: set it (from any thread) to cancel the job on the server.
+            timeout: seconds before :class:`TimeoutError`; None waits for ever.
+            keep: keep the job on the server afterwards (default: deleted once fetched).
+
+        Returns:
+            The label volume (the image's geometry) and the job's report.
+
+        Raises:
+            CancelledError: ``cancel`` was set.
+            InputError: the server refused the input.
+            JobFailedError: the job failed on the server.
+        """
         job_id = self.submit_segment(image, annotation, options)
         stop_watch = threading.Event()
         watcher = None
@@ -440,11 +485,13 @@ class LocalServer:
         return self
 
     def client(self, **kwargs: Any) -> RadaClient:
+        """A :class:`RadaClient` for this server (``kwargs`` go to it)."""
         if self.url is None:
             raise ServiceError("the local server is not started")
         return RadaClient(self.url, self.token, **kwargs)
 
     def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of the server's log ("" when there is none)."""
         try:
             text = self.log_path.read_text(errors="replace") if self.log_path else ""
         except OSError:

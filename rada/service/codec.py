@@ -82,7 +82,12 @@ def _vector_text(values) -> str:
 def encode_nrrd(volume: Volume, compress: bool | int = True) -> bytes:
     """The volume as NRRD bytes (LPS, little-endian; gzip level 1 unless ``compress`` says).
 
-    ``compress``: ``False``/``0`` raw, ``True`` gzip level 1, an int 1-9 that gzip level.
+    Args:
+        volume: the volume; its spacing, origin and direction go into the header.
+        compress: ``False``/``0`` raw, ``True`` gzip level 1, an int 1-9 that gzip level.
+
+    Returns:
+        The NRRD file's bytes (header and attached data).
     """
     array = np.asarray(volume.array)
     if array.dtype == bool:
@@ -163,7 +168,17 @@ def _parse_numbers(text: str, n: int, what: str, cast=float) -> list:
 
 
 def parse_header(data: bytes) -> tuple[dict[str, str], dict[str, str], bytes]:
-    """``(fields, key_values, body)`` of NRRD bytes; field names lower-cased."""
+    """Split NRRD bytes into their header fields, key/value pairs and data.
+
+    Args:
+        data: the NRRD file's bytes.
+
+    Returns:
+        ``(fields, key_values, body)``; field names lower-cased.
+
+    Raises:
+        CodecError: not an NRRD header this codec reads (one line).
+    """
     lines, body = _split_header(data)
     magic = lines[0].strip()
     if not (magic.startswith("NRRD000") and magic[7:].isdigit() and 1 <= int(magic[7:]) <= 5):
@@ -188,7 +203,19 @@ def parse_header(data: bytes) -> tuple[dict[str, str], dict[str, str], bytes]:
 
 
 def decode_nrrd(data: bytes, max_bytes: int | None = None) -> Volume:
-    """A :class:`Volume` from NRRD bytes (see the module docstring for what is accepted)."""
+    """A :class:`Volume` from NRRD bytes (see the module docstring for what is accepted).
+
+    Args:
+        data: the NRRD file's bytes.
+        max_bytes: the largest decoded volume accepted (guards against compression bombs).
+
+    Returns:
+        The volume with its full geometry.
+
+    Raises:
+        CodecError: malformed or unsupported NRRD (one line).
+        VolumeTooLargeError: the decoded volume would exceed ``max_bytes``.
+    """
     fields, keys, body = parse_header(bytes(data))
     if "data file" in fields or "datafile" in fields:
         raise CodecError("detached NRRD data ('data file:') is not accepted: send the data attached")

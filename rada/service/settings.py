@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rada.errors import InputError
+from rada.safe_write import atomic_path
 
 MIB = 1024 * 1024
 
@@ -70,7 +71,18 @@ class ServiceSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "ServiceSettings":
-        """Defaults, then ``RADA_*`` variables, then ``overrides`` (``None`` overrides are skipped)."""
+        """Defaults, then ``RADA_*`` variables, then ``overrides``.
+
+        Args:
+            env: the environment (default: ``os.environ``); variables in :data:`ENV_FIELDS`.
+            overrides: field values (command-line options); ``None`` values are skipped.
+
+        Returns:
+            The settings.
+
+        Raises:
+            InputError: a variable that should be a number is not, or a value out of range.
+        """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for var, name in ENV_FIELDS.items():
@@ -99,17 +111,25 @@ class ServiceSettings:
 
 
 def write_private_file(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` readable by the owner only (0600 on POSIX)."""
+    """Write ``text`` to ``path`` readable by the owner only (0600 on POSIX), atomically.
+
+    Args:
+        path: the file (its missing folders are created).
+        text: the content (a token, the ready file's JSON).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        InputError: ``path`` cannot be written (nothing is left behind).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
+    with atomic_path(path) as tmp:
+        # Re-create the staged file owner-only before the secret goes in: whoever opened the
+        # first one (made with the umask's mode) holds an inode that never receives the text.
+        tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

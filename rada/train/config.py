@@ -10,11 +10,17 @@ way. Errors are :class:`~rada.errors.InputError` with one line naming the dotted
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
 from rada.errors import InputError
+
+if TYPE_CHECKING:  # annotations only: rada.train.trainer imports torch
+    from rada.train.trainer import TrainConfig
 
 T = TypeVar("T")
 
@@ -107,4 +113,48 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
-__all__ = ["load_config", "config_to_dict"]
+def read_config_file(cls: type[T], path: str | os.PathLike, base: T | None = None) -> T:
+    """``cls`` from a JSON file holding a partial, nested config, merged over ``base``.
+
+    Args:
+        cls: the config dataclass (e.g. ``TrainConfig``).
+        path: the JSON file.
+        base: the instance to update; ``cls()`` when None.
+
+    Returns:
+        A new ``cls`` instance.
+
+    Raises:
+        InputError: the file cannot be read or is not JSON, an unknown key, a wrong type.
+    """
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot use config {path}: {exc}") from None
+    return load_config(cls, raw, base)
+
+
+def with_overrides(config: "TrainConfig", iterations: int | None = None, width: int | None = None,
+                   **fields: Any) -> "TrainConfig":
+    """A training config with run-time overrides on top (``rada train`` flags, a train job's options).
+
+    Args:
+        config: the config to start from (defaults, merged with a config file).
+        iterations: ``schedule.iterations``; None keeps the config's.
+        width: ``model.backbone.width``; None keeps the config's.
+        fields: top-level ``TrainConfig`` fields; None values keep the config's.
+
+    Returns:
+        The new config, validated.
+
+    Raises:
+        InputError: one line for a setting no run can use.
+    """
+    schedule = config.schedule if iterations is None else dataclasses.replace(config.schedule, iterations=iterations)
+    backbone = config.model.backbone if width is None else dataclasses.replace(config.model.backbone, width=width)
+    model = dataclasses.replace(config.model, backbone=backbone)
+    given = {k: v for k, v in fields.items() if v is not None}
+    return dataclasses.replace(config, model=model, schedule=schedule, **given).validate()
+
+
+__all__ = ["load_config", "config_to_dict", "read_config_file", "with_overrides"]

@@ -10,20 +10,22 @@ import argparse
 from pathlib import Path
 
 from rada.errors import InputError
+from rada.web.app import WebConfig
+from rada.web.session import SessionConfig
 
 
-def cli_config(args: argparse.Namespace):
+def cli_config(args: argparse.Namespace) -> WebConfig:
     """``rada web``'s arguments as a :class:`rada.web.app.WebConfig` (checked, one-line errors).
 
     Args:
         args: parsed arguments (image, port, host, server, token_file, device, save_dir).
 
     Returns:
-        The WebConfig; raises InputError for a missing image, token file or save folder.
-    """
-    from rada.web.app import WebConfig
-    from rada.web.session import SessionConfig
+        The WebConfig.
 
+    Raises:
+        InputError: a missing image, token file or save folder, a bad port.
+    """
     if args.image and not Path(args.image).exists():
         raise InputError(f"no such file or folder: {args.image}")
     if not 0 <= args.port <= 65535:

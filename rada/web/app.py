@@ -6,6 +6,9 @@ trame-slicer, and one toolbar: open a volume, paint/erase with a brush size, Seg
 preset (progress, Cancel), Undo, Save. The work is :class:`rada.web.session.WebSession`,
 i.e. RADASegmentation's own Qt-free logic talking to a ``rada serve`` through the one client.
 
+trame, trame-slicer, slicer-core and RADASegmentationLib (the ``web`` extra) are imported
+where they are used: ``rada.web`` imports without them, and ``rada web`` names the missing extra.
+
 State names all start with ``rada_`` (a trame state variable named like a JavaScript keyword,
 e.g. ``case``, blanks the page).
 """
@@ -20,6 +23,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from rada.errors import InputError
 from rada.web.session import SAVE_SUFFIXES, SessionConfig, WebSession, import_module_logic
@@ -237,8 +242,7 @@ class RadaWebApp:
             crosshair.AddObserver(vtkMRMLCrosshairNode.CursorPositionModifiedEvent, self._on_cursor)
 
     def _on_cursor(self, crosshair: Any, _event: Any) -> None:
-        import numpy as np
-        import vtk
+        import vtk  # lazy: the web extra (module docstring)
 
         node = self.session.volume_node
         ras = [0.0, 0.0, 0.0]
@@ -413,6 +417,13 @@ class RadaWebApp:
 
 
 def run(config: WebConfig) -> int:
-    """``rada web``: build the app and serve it until interrupted."""
+    """``rada web``: build the app and serve it until interrupted.
+
+    Args:
+        config: the page's address, the image to open, where to segment and save.
+
+    Returns:
+        The exit code (0).
+    """
     RadaWebApp(config).start()
     return 0

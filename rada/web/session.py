@@ -9,6 +9,8 @@ logic (``RADASegmentationLib``), run here on the scene of a trame-slicer applica
 Threading: MRML is touched only by the caller's thread (the app's event loop);
 :meth:`WebSession.send` and :meth:`WebSession.poll` only talk to the server and may run on a
 worker thread, exactly as the Slicer module runs them.
+
+``RADASegmentationLib`` needs slicer-core (the ``web`` extra): it is imported where used.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from rada.errors import InputError
+from rada.io import Segment, Segmentation, read_volume, write_segmentation, write_volume
 from rada.volume import Volume
 
 #: The painted segment and the result (the Slicer module names its result "<painted> (RADA)").
@@ -104,8 +107,6 @@ class WebSession:
         Returns:
             The new scalar volume node.
         """
-        from rada.io import read_volume
-
         volume = read_volume(path)
         return self.show(volume, Path(path).name.split(".")[0] or "volume")
 
@@ -214,8 +215,6 @@ class WebSession:
         Returns:
             The written path; raises InputError for an unknown ending or nothing to save.
         """
-        from rada.io import Segment, Segmentation, write_segmentation, write_volume
-
         self._require_volume()
         target = Path(path)
         name = target.name.lower()

@@ -135,7 +135,7 @@ def read_dataset(path: str | os.PathLike, check_files: bool = True) -> DatasetSp
 
 def write_dataset(spec: DatasetSpec, folder: str | os.PathLike) -> Path:
     """Write ``folder/dataset.json`` atomically."""
-    from rada.io import atomic_path
+    from rada.safe_write import atomic_path
 
     target = Path(folder) / DATASET_FILE
     with atomic_path(target) as tmp:

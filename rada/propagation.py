@@ -38,7 +38,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections import OrderedDict
@@ -53,6 +52,7 @@ from scipy import ndimage
 
 from rada.annotation import AXES, AXIS_NAMES, SparseAnnotation, grow_box, take_slice
 from rada.errors import InputError
+from rada.safe_write import atomic_folder, atomic_path
 from rada.volume import Volume
 
 #: Transforms ANTs may run between neighbouring slices.
@@ -226,18 +226,16 @@ class RegistrationCache:
         return None
 
     def put(self, key: str, record: TransformRecord) -> None:
+        """Store ``record`` under ``key`` (in memory, and on disk if the cache has a directory)."""
         self._remember(key, record)
         if self.directory is not None and not (self.directory / key / "done").exists():
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.directory))
             try:
-                for name, data in record:
-                    (tmp / name).write_bytes(data)
-                (tmp / "done").write_bytes(b"")
-                os.replace(tmp, self.directory / key)
-            except OSError:  # another process stored the same key first: keep theirs
+                with atomic_folder(self.directory / key) as tmp:
+                    for name, data in record:
+                        (tmp / name).write_bytes(data)
+                    (tmp / "done").write_bytes(b"")
+            except InputError:  # another process stored the same key first: keep theirs
                 pass
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
 
     def _remember(self, key: str, record: TransformRecord) -> None:
         self._memory[key] = record
@@ -629,8 +627,6 @@ def _distance(shape: Sequence[int], axis: int, seeds: Sequence[int]) -> np.ndarr
 
 def save_propagation(result: PropagationResult, path: str | os.PathLike) -> Path:
     """Write a result as a compressed ``.npz`` (atomically)."""
-    from rada.io import atomic_path
-
     target = Path(path)
     arrays: dict[str, np.ndarray] = {"fused": np.asarray(result.fused, np.uint8),
                                      "stats": np.asarray(json.dumps(result.stats, default=str))}

@@ -221,7 +221,7 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
 
 def save_embeddings(emb: GuidanceEmbeddings, path: str | os.PathLike) -> Path:
     """Write the embeddings (or the "off" record) to an ``.npz`` atomically (no pickle)."""
-    from rada.io import atomic_path
+    from rada.safe_write import atomic_path
 
     target = Path(path)
     meta = {"format": FORMAT, "enabled": emb.enabled, "organ": emb.organ, "prompt": emb.prompt,

@@ -158,7 +158,7 @@ def cached_pseudo_labels(case_id: str, image, annotation: SparseAnnotation, cach
                          views: Sequence[View] = VIEWS) -> tuple[dict, dict, np.ndarray]:
     """Pseudo-labels of one labeled case, computed once by propagation and cached in
     ``cache_dir/<id>.npz`` (keyed by a hash of image, annotation and propagation config)."""
-    from rada.io import atomic_path
+    from rada.safe_write import atomic_path
 
     cache = Path(cache_dir) / f"{case_id}.npz"
     key = _cache_key(image.array, annotation, config)

@@ -430,7 +430,7 @@ def plot_log(log: str | os.PathLike, out: str | os.PathLike) -> Path | None:
         axes[2].annotate(f"best {best[1]:.3f} @ {int(best[0])}", best)
         axes[2].set_xlabel("iteration"), axes[2].set_ylabel("Dice"), axes[2].set_ylim(0, 1), axes[2].legend()
     fig.tight_layout()
-    from rada.io import atomic_path
+    from rada.safe_write import atomic_path
 
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

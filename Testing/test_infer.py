@@ -10,8 +10,9 @@ from rada.annotation import SparseAnnotation
 from rada.errors import InputError
 from rada.infer import (InferenceConfig, importance_map, load_model, model_predictor, predict, sliding_window,
                         window_starts)
-from rada.nets import VIEWS, ModelConfig, TriViewModel
+from rada.nets import ModelConfig, TriViewModel
 from rada.train.checkpoint import save_checkpoint
+from rada.views import VIEWS
 from rada.volume import Volume
 
 

@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 
 import rada.propagation as prop
-from rada.annotation import AXES, IGNORE, SparseAnnotation, take_slice
+from rada.annotation import IGNORE, SparseAnnotation, take_slice
 from rada.errors import InputError
 from rada.io import read_volume
 from rada.metrics import dice
@@ -23,6 +23,7 @@ from rada.propagation import (
     propagate,
     save_propagation,
 )
+from rada.views import AXIS_OF
 from rada.volume import Volume
 
 #: Fused Dice on the small real LA case: measured 0.860 (views 0.785-0.882) with seed 0,
@@ -104,7 +105,7 @@ def test_distance_is_slices_to_nearest_seed_and_weight_one_on_annotated(la_seque
     result, ann, _ = la_sequential
     known = ann.known()
     for name, view in result.views.items():
-        a = AXES[name]
+        a = AXIS_OF[name]
         assert view.axis == name and view.distance.dtype == np.int16
         seeds = np.asarray(ann.annotated_slices(a))
         for i in range(view.distance.shape[a]):
@@ -222,7 +223,7 @@ def test_propagation_stops_at_extent(la_small, la_sequential):
     result, ann, _ = la_sequential
     extent = ann.extent()
     for name, view in result.views.items():
-        a = AXES[name]
+        a = AXIS_OF[name]
         assert result.stats["ranges"][name] == [extent[a].start, extent[a].stop]
         outside = np.ones(image.shape[a], bool)
         outside[extent[a]] = False

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from rada.errors import InputError
-from rada.nets import VIEWS, ModelConfig
+from rada.nets import ModelConfig
 from rada.train import ScheduleConfig, TrainConfig, TrainingData, load_checkpoint, train
 from rada.train.config import config_to_dict, load_config
 from rada.train.guidance_choice import choose_guidance, with_guidance
 from rada.train.trainer import read_log
 from rada.train.validation import ValidationCase, validate
+from rada.views import VIEWS
 
 from test_train_method import _data
 

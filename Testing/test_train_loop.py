@@ -16,10 +16,11 @@ from rada.annotation import SparseAnnotation
 from rada.errors import InputError
 from rada.io import read_volume
 from rada.dataset import zscore
-from rada.nets import VIEWS, ModelConfig
+from rada.nets import ModelConfig
 from rada.volume import Volume
 from rada.train import LabeledCase, ScheduleConfig, TrainConfig, Trainer, TrainingData, load_checkpoint, train
 from rada.train.trainer import read_log
+from rada.views import VIEWS
 
 DOWN = (slice(None, None, 2), slice(None, None, 3), slice(None, None, 3))  # 88x140x180 -> 44x47x60
 

@@ -22,12 +22,13 @@ import pytest
 import torch
 from torch import nn
 
-from rada.nets import VIEWS, ModelConfig, ViewNet
+from rada.nets import ModelConfig, ViewNet
 from rada.nets.vnet import VNet, VNetConfig
 from rada.train import LabeledCase, TrainConfig, Trainer, TrainingData
 from rada.train.cotraining import teacher_mean_probability
 from rada.train.data import rot_flip
 from rada.train.trainer import _iteration_seed
+from rada.views import VIEWS
 
 PATCH = (16, 32, 32)
 

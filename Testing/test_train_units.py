@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from rada.nets import VIEWS, ModelConfig, ViewNet
+from rada.nets import ModelConfig, ViewNet
 from rada.train import schedules as S
 from rada.train.cotraining import (certainty_mask, frozen_bn_stats, noisy_copies, teacher_mean_probability,
                                    view_losses)
 from rada.train.data import LabeledCase, TrainingData, crop_or_pad, rot_flip, sample_batch
 from rada.train.losses import (entropy, masked_cross_entropy, supervised_loss, weighted_cross_entropy,
                                weighted_dice_loss)
+from rada.views import VIEWS
 
 # --- losses ------------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ MODES = ("reference", "ours-seq", "ours")
 
 
 def _data(patch, seed=0):
-    from rada.nets import VIEWS
+    from rada.views import VIEWS
     from rada.train import LabeledCase, TrainingData
 
     rng = np.random.default_rng(seed)

@@ -2,8 +2,9 @@
 
 On disk and in memory a sparse annotation is a uint8 label volume on the image grid:
 ``1`` = structure, ``0`` = background, ``255`` = not annotated (nnU-Net v2's ignore label).
-A slice is *annotated* when it holds no 255. Axis names follow METHOD.md: for an array in
-SimpleITK order ``[z, y, x]``, axial = fixed z, coronal = fixed y, sagittal = fixed x.
+A slice is *annotated* when it holds no 255. Axes are named by their view
+(:mod:`rada.views`): for an array in SimpleITK order ``[z, y, x]``, axial = fixed z,
+coronal = fixed y, sagittal = fixed x.
 """
 
 from __future__ import annotations
@@ -14,21 +15,18 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from rada.errors import InputError
+from rada.views import AXIS_OF, VIEW_NAMES, VIEW_OF_AXIS
 from rada.volume import Volume
 
 BACKGROUND, FOREGROUND, IGNORE = 0, 1, 255
-
-#: Array axis of each view's fixed index, in ``[z, y, x]`` order.
-AXES: dict[str, int] = {"axial": 0, "coronal": 1, "sagittal": 2}
-AXIS_NAMES: tuple[str, str, str] = ("axial", "coronal", "sagittal")
 
 
 def axis_index(axis: int | str) -> int:
     """Array axis (0, 1, 2) of an axis given by number or by name."""
     if isinstance(axis, str):
-        if axis not in AXES:
-            raise InputError(f"unknown axis {axis!r}; use one of {', '.join(AXES)}")
-        return AXES[axis]
+        if axis not in AXIS_OF:
+            raise InputError(f"unknown axis {axis!r}; use one of {', '.join(VIEW_NAMES)}")
+        return AXIS_OF[axis]
     if axis not in (0, 1, 2):
         raise InputError(f"axis must be 0, 1 or 2, got {axis}")
     return int(axis)
@@ -71,13 +69,13 @@ class SparseAnnotation:
 
     def slices(self) -> dict[str, list[int]]:
         """Annotated slice indices for every axis, by axis name."""
-        return {name: self.annotated_slices(name) for name in AXIS_NAMES}
+        return {name: self.annotated_slices(name) for name in VIEW_NAMES}
 
     def slice_mask(self, axis: int | str, index: int) -> np.ndarray:
         """The 0/1 structure mask of one annotated slice (bool, 2D)."""
         a = axis_index(axis)
         if index not in self.annotated_slices(a):
-            raise InputError(f"slice {index} of the {AXIS_NAMES[a]} axis is not annotated")
+            raise InputError(f"slice {index} of the {VIEW_OF_AXIS[a]} axis is not annotated")
         return take_slice(self.array, a, index) == FOREGROUND
 
     def known(self) -> np.ndarray:
@@ -88,7 +86,7 @@ class SparseAnnotation:
         return self.array == FOREGROUND
 
     def validate(self, image: Volume | None = None,
-                 required_axes: Sequence[str] = AXIS_NAMES) -> "SparseAnnotation":
+                 required_axes: Sequence[str] = VIEW_NAMES) -> "SparseAnnotation":
         """Check the annotation is usable; raise :class:`InputError` with one line otherwise."""
         if image is not None:
             mismatch = image.grid_mismatch(self.labels)
@@ -130,7 +128,7 @@ class SparseAnnotation:
         chosen = pick_largest_slices(fg) if slices == "auto" else _parse_slices(slices, fg.shape)
         sparse = np.full(fg.shape, IGNORE, np.uint8)
         for name, indices in chosen.items():
-            a = AXES[name]
+            a = AXIS_OF[name]
             for idx in indices:
                 index = (slice(None),) * a + (idx,)
                 sparse[index] = fg[index].astype(np.uint8)
@@ -180,7 +178,8 @@ def from_painting(painted: Volume, min_area: int = 4) -> SparseAnnotation:
 def pick_largest_slices(foreground: np.ndarray) -> dict[str, list[int]]:
     """Per axis, the slice with the largest foreground area (first one on ties)."""
     out = {}
-    for name, a in AXES.items():
+    for name in VIEW_NAMES:
+        a = AXIS_OF[name]
         areas = foreground.sum(axis=tuple(i for i in range(3) if i != a))
         out[name] = [int(np.argmax(areas))]
     return out
@@ -203,7 +202,8 @@ def protocol_slices(foreground: np.ndarray, per_axis: int = 1) -> dict[str, list
     if per_axis == 1:
         return pick_largest_slices(foreground)
     out = {}
-    for name, a in AXES.items():
+    for name in VIEW_NAMES:
+        a = AXIS_OF[name]
         present = np.flatnonzero(foreground.any(axis=tuple(i for i in range(3) if i != a)))
         lo, hi = int(present.min()), int(present.max())
         centres = lo + (hi - lo + 1) * (np.arange(per_axis) + 0.5) / per_axis
@@ -228,8 +228,8 @@ def _parse_slices(slices: str | Mapping[str, int | Sequence[int]], shape: Sequen
         indices = [int(value)] if np.isscalar(value) else [int(v) for v in value]
         for idx in indices:
             if not 0 <= idx < shape[a]:
-                raise InputError(f"{AXIS_NAMES[a]} slice {idx} is outside the volume (0..{shape[a] - 1})")
-        out[AXIS_NAMES[a]] = indices
+                raise InputError(f"{VIEW_OF_AXIS[a]} slice {idx} is outside the volume (0..{shape[a] - 1})")
+        out[VIEW_OF_AXIS[a]] = indices
     return out
 
 

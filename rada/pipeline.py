@@ -31,13 +31,14 @@ from typing import Any, Callable
 import numpy as np
 
 from rada import __version__
-from rada.annotation import AXIS_NAMES, SparseAnnotation, grow_box
+from rada.annotation import SparseAnnotation, grow_box
 from rada.appearance import AppearanceConfig, appearance_probability
 from rada.geodesic import GeodesicConfig, geodesic_logit
 from rada.errors import CancelledError, InputError
 from rada.fusion import FusionConfig, fuse, probability_to_logit
 from rada.metrics import dice
 from rada.shape_prior import shape_prior, visual_hull
+from rada.views import VIEW_NAMES
 from rada.volume import Volume
 
 #: progress(fraction in [0, 1], stage name, human-readable message)
@@ -293,7 +294,7 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
         "model": report_extra.get("model"),
         "annotated_slices": annotation.slices(),
         "crop_box_zyx": [[s.start, s.stop] for s in box],
-        "agreement_between_views": _agreement({k: v for k, v in sources.items() if k in AXIS_NAMES}),
+        "agreement_between_views": _agreement({k: v for k, v in sources.items() if k in VIEW_NAMES}),
         "structure_voxels": int(full.sum()),
         "structure_volume_ml": round(float(full.sum()) * voxel_ml, 3),
         "timings_s": {**stages.timings, "total": round(time.perf_counter() - t_start, 3)},

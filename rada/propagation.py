@@ -50,9 +50,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from rada.annotation import AXES, AXIS_NAMES, SparseAnnotation, grow_box, take_slice
+from rada.annotation import SparseAnnotation, grow_box, take_slice
 from rada.errors import InputError
 from rada.safe_write import atomic_folder, atomic_path
+from rada.views import AXIS_OF, VIEW_NAMES
 from rada.volume import Volume
 
 #: Transforms ANTs may run between neighbouring slices.
@@ -66,8 +67,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: Slices smaller than this (pixels, either in-plane side) are not registered: the label is
 #: carried over unchanged (ANTs' 4x shrink factors need some room).
 MIN_REGISTRATION_SIZE = 8
-#: The view order used for outputs (sagittal, coronal, axial as in the paper's tables).
-VIEWS: tuple[str, str, str] = ("sagittal", "coronal", "axial")
 
 ProgressFn = Callable[[float, str], None]
 #: A transform between two slices as ANTs writes it: ``(file name, bytes)`` in the order of
@@ -467,8 +466,8 @@ def propagate(image: Volume, annotation: SparseAnnotation, config: PropagationCo
     chains: list[_Chain] = []
     tasks: dict[str, tuple[np.ndarray, np.ndarray, tuple[float, float], dict[str, Any]]] = {}
     ranges: dict[str, tuple[int, int]] = {}
-    for name in AXIS_NAMES:
-        a = AXES[name]
+    for name in VIEW_NAMES:
+        a = AXIS_OF[name]
         seeds = annotation.annotated_slices(a)
         if cfg.stop_at_extent:
             lo = max(box[a].start, extent[a].start - cfg.extent_slack)
@@ -593,8 +592,8 @@ def propagate(image: Volume, annotation: SparseAnnotation, config: PropagationCo
     known = annotation.known()
     fg = annotation.foreground()
     views: dict[str, ViewPropagation] = {}
-    for name in VIEWS:
-        a = AXES[name]
+    for name in VIEW_NAMES:
+        a = AXIS_OF[name]
         plane = tuple(box[i] for i in range(3) if i != a)
         label = np.zeros(shape, np.uint8)
         for i, lab in reached[a].items():
@@ -656,7 +655,6 @@ def load_propagation(path: str | os.PathLike) -> PropagationResult:
 __all__ = [
     "PRESETS",
     "TRANSFORMS",
-    "VIEWS",
     "PropagationConfig",
     "PropagationResult",
     "RegistrationCache",

@@ -13,7 +13,6 @@ Consumers (training, the pipeline, the networks) only need::
 from rada.guidance.embed import (
                                  DEFAULT_FILENAME,
                                  DEFAULT_PROMPT,
-                                 VIEWS,
                                  GuidanceEmbeddings,
                                  compute_embeddings,
                                  default_prompt,
@@ -23,6 +22,6 @@ from rada.guidance.embed import (
 )
 from rada.guidance.weights import DEFAULT_VARIANT, REGISTRY, VARIANTS, ResolvedWeights, cache_dir, resolve
 
-__all__ = ["DEFAULT_FILENAME", "DEFAULT_PROMPT", "VIEWS", "GuidanceEmbeddings", "compute_embeddings",
+__all__ = ["DEFAULT_FILENAME", "DEFAULT_PROMPT", "GuidanceEmbeddings", "compute_embeddings",
            "default_prompt", "embed_dataset", "load_embeddings", "save_embeddings", "DEFAULT_VARIANT", "REGISTRY",
            "VARIANTS", "ResolvedWeights", "cache_dir", "resolve"]

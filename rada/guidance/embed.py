@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rada.annotation import AXES, SparseAnnotation, take_slice
+from rada.annotation import SparseAnnotation, take_slice
 from rada.errors import InputError
 from rada.guidance.preprocess import (
     ALPHA_MEAN,
@@ -38,10 +38,9 @@ from rada.guidance.preprocess import (
     preprocess_pair,
 )
 from rada.guidance.weights import DEFAULT_VARIANT, ResolvedWeights, resolve
+from rada.views import AXIS_OF, VIEW_NAMES
 from rada.volume import Volume
 
-#: The three views (named by the axis each view's annotated slice is fixed on).
-VIEWS: tuple[str, str, str] = ("sagittal", "coronal", "axial")
 DEFAULT_PROMPT = "An image containing the {organ}, with the rest being background"
 DEFAULT_FILENAME = "guidance_embeddings.npz"
 FORMAT = 1
@@ -68,8 +67,8 @@ class GuidanceEmbeddings:
 
     def __post_init__(self) -> None:
         if self.enabled:
-            if self.text is None or set(self.visual) != set(VIEWS):
-                raise ValueError(f"enabled guidance needs a text and one visual embedding per view {VIEWS}")
+            if self.text is None or set(self.visual) != set(VIEW_NAMES):
+                raise ValueError(f"enabled guidance needs a text and one visual embedding per view {VIEW_NAMES}")
             dims = {int(self.text.numel())} | {int(v.numel()) for v in self.visual.values()}
             if len(dims) != 1:
                 raise ValueError(f"embedding sizes differ: {sorted(dims)}")
@@ -90,7 +89,7 @@ class GuidanceEmbeddings:
         if not self.enabled:
             raise InputError(f"guidance is off: {self.reason}")
         if view not in self.visual:
-            raise InputError(f"unknown view {view!r}; use one of {', '.join(VIEWS)}")
+            raise InputError(f"unknown view {view!r}; use one of {', '.join(VIEW_NAMES)}")
         return torch.cat([self.text.reshape(-1), self.visual[view].reshape(-1)])
 
     def summary(self) -> dict[str, Any]:
@@ -108,7 +107,7 @@ def default_prompt(organ: str) -> str:
 def _slices(pairs: Iterable[tuple[Volume, SparseAnnotation]], percentiles: Sequence[float]
             ) -> tuple[dict[str, list[tuple[Tensor, Tensor]]], list[dict[str, list[int]]]]:
     """Preprocessed (image, alpha) of every annotated slice, per view; the slice indices per case."""
-    out: dict[str, list[tuple[Tensor, Tensor]]] = {v: [] for v in VIEWS}
+    out: dict[str, list[tuple[Tensor, Tensor]]] = {v: [] for v in VIEW_NAMES}
     used: list[dict[str, list[int]]] = []
     for n, (image, annotation) in enumerate(pairs):
         if annotation is None:
@@ -117,8 +116,8 @@ def _slices(pairs: Iterable[tuple[Volume, SparseAnnotation]], percentiles: Seque
         if mismatch:
             raise InputError(f"volume {n}: annotation geometry differs from the image: {mismatch}")
         case: dict[str, list[int]] = {}
-        for view in VIEWS:
-            axis = AXES[view]
+        for view in VIEW_NAMES:
+            axis = AXIS_OF[view]
             case[view] = annotation.annotated_slices(axis)
             for idx in case[view]:
                 out[view].append(preprocess_pair(take_slice(image.array, axis, idx),
@@ -126,7 +125,7 @@ def _slices(pairs: Iterable[tuple[Volume, SparseAnnotation]], percentiles: Seque
         used.append(case)
     if not used:
         raise InputError("no labeled volume given: visual embeddings need annotated slices")
-    for view in VIEWS:
+    for view in VIEW_NAMES:
         if not out[view]:
             raise InputError(f"no annotated {view} slice in any labeled volume")
     return out, used
@@ -193,7 +192,7 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
     visual: dict[str, Tensor] = {}
     with torch.inference_mode():
         text = model.encode_text(model.tokenize(prompt).to(dev), normalize=True)[0].float().cpu()
-        for view in VIEWS:
+        for view in VIEW_NAMES:
             feats = []
             items = per_view[view]
             for start in range(0, len(items), batch_size):
@@ -206,7 +205,7 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
             mean = torch.cat(feats).mean(0)
             visual[view] = mean / mean.norm().clamp_min(1e-12)
     source.update(versions=_versions(), device=str(dev),
-                  slices={v: len(per_view[v]) for v in VIEWS}, cases=len(used),
+                  slices={v: len(per_view[v]) for v in VIEW_NAMES}, cases=len(used),
                   case_ids=list(case_ids) if case_ids is not None else None, annotated_slices=used,
                   preprocessing={"size": IMAGE_SIZE, "percentiles": list(percentiles), "clip_mean": list(CLIP_MEAN),
                                  "clip_std": list(CLIP_STD), "alpha_mean": ALPHA_MEAN, "alpha_std": ALPHA_STD},
@@ -229,7 +228,7 @@ def save_embeddings(emb: GuidanceEmbeddings, path: str | os.PathLike) -> Path:
     arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta, default=str))}
     if emb.enabled:
         arrays["text"] = emb.text.detach().float().cpu().numpy()
-        for view in VIEWS:
+        for view in VIEW_NAMES:
             arrays[f"visual_{view}"] = emb.visual[view].detach().float().cpu().numpy()
     with atomic_path(target) as tmp:
         with open(tmp, "wb") as f:
@@ -258,7 +257,7 @@ def load_embeddings(path: str | os.PathLike) -> GuidanceEmbeddings:
                                       **meta.get("source", {}))
     try:
         text = torch.from_numpy(arrays["text"])
-        visual = {v: torch.from_numpy(arrays[f"visual_{v}"]) for v in VIEWS}
+        visual = {v: torch.from_numpy(arrays[f"visual_{v}"]) for v in VIEW_NAMES}
         return GuidanceEmbeddings(True, text, visual, meta.get("organ", ""), meta.get("prompt", ""),
                                   meta.get("reason", ""), meta.get("source", {}))
     except (KeyError, ValueError) as exc:
@@ -304,5 +303,5 @@ def embed_dataset(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     return emb, save_embeddings(emb, target)
 
 
-__all__ = ["VIEWS", "DEFAULT_PROMPT", "DEFAULT_FILENAME", "GuidanceEmbeddings", "default_prompt",
+__all__ = ["DEFAULT_PROMPT", "DEFAULT_FILENAME", "GuidanceEmbeddings", "default_prompt",
            "compute_embeddings", "save_embeddings", "load_embeddings", "embed_dataset"]

@@ -14,21 +14,9 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from rada.annotation import AXES
 from rada.nets.head import GuidanceHead, HeadConfig
 from rada.nets.vnet import VNet, VNetConfig
-
-
-@dataclass(frozen=True)
-class View:
-    """A co-training view: ``name`` and the array axis of its propagation."""
-
-    name: str
-    axis: int
-
-
-#: The three views in the order of METHOD.md (s, c, a).
-VIEWS: tuple[View, ...] = tuple(View(n, AXES[n]) for n in ("sagittal", "coronal", "axial"))
+from rada.views import VIEWS, View
 
 
 @dataclass(frozen=True)
@@ -126,4 +114,4 @@ class TriViewModel(nn.Module):
         return torch.stack([torch.softmax(net(x).float(), dim=1) for _, net in self.items()]).mean(0)
 
 
-__all__ = ["View", "VIEWS", "ModelConfig", "ViewNet", "TriViewModel"]
+__all__ = ["ModelConfig", "ViewNet", "TriViewModel"]

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from rada.annotation import SparseAnnotation
-from rada.nets.triview import VIEWS, View
+from rada.views import VIEWS, View
 from rada.train.schedules import voxel_weights
 
 

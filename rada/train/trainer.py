@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from rada.errors import InputError
-from rada.nets.triview import VIEWS, ModelConfig, TriViewModel
+from rada.nets.triview import ModelConfig, TriViewModel
+from rada.views import VIEWS
 from rada.train import schedules as S
 from rada.train.checkpoint import load_checkpoint, save_checkpoint
 from rada.train.cotraining import certainty_mask, teacher_mean_probability, view_losses

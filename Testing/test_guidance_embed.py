@@ -15,11 +15,11 @@ pytest.importorskip("open_clip")
 from guidance_helpers import TINY, write_weights
 
 from rada.annotation import SparseAnnotation, take_slice
+from rada.dataset import default_prompt
 from rada.errors import InputError
 from rada.guidance import (
     GuidanceEmbeddings,
     compute_embeddings,
-    default_prompt,
     load_embeddings,
     save_embeddings,
 )

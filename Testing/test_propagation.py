@@ -18,11 +18,11 @@ from rada.metrics import dice
 from rada.propagation import (
     PropagationConfig,
     RegistrationCache,
-    alpha_weights,
     load_propagation,
     propagate,
     save_propagation,
 )
+from rada.train.schedules import voxel_weights
 from rada.views import AXIS_OF
 from rada.volume import Volume
 
@@ -85,20 +85,20 @@ def _identity_registration(monkeypatch) -> list[int]:
 
 # --- weights and distances ----------------------------------------------------------------
 
-def test_alpha_weights_formula():
+def test_voxel_weights_formula():
     rng = np.random.default_rng(0)
     d = rng.integers(0, 40, size=(5, 6, 7)).astype(np.int16)
     known = rng.random((5, 6, 7)) < 0.2
     for alpha in (0.95, 0.5, 0.0735, 1.0):
-        w = alpha_weights(d, known, alpha)
+        w = voxel_weights(d, known, alpha)
         assert w.dtype == np.float32 and w.shape == d.shape
         expected = np.where(known, 1.0, np.float32(alpha) ** d.astype(np.float64))
         np.testing.assert_allclose(w, expected, rtol=1e-6, atol=1e-30)  # float32 underflows
-    assert alpha_weights(np.zeros((2, 2, 2)), np.zeros((2, 2, 2), bool), 0.3).min() == 1.0  # alpha**0
+    assert voxel_weights(np.zeros((2, 2, 2)), np.zeros((2, 2, 2), bool), 0.3).min() == 1.0  # alpha**0
     with pytest.raises(InputError):
-        alpha_weights(d, known[:-1], 0.9)
+        voxel_weights(d, known[:-1], 0.9)
     with pytest.raises(InputError):
-        alpha_weights(d, known, 1.5)
+        voxel_weights(d, known, 1.5)
 
 
 def test_distance_is_slices_to_nearest_seed_and_weight_one_on_annotated(la_sequential):
@@ -111,7 +111,7 @@ def test_distance_is_slices_to_nearest_seed_and_weight_one_on_annotated(la_seque
         for i in range(view.distance.shape[a]):
             plane = take_slice(view.distance, a, i)
             assert (plane == np.abs(seeds - i).min()).all()
-        w = alpha_weights(view.distance, known, 0.9)
+        w = voxel_weights(view.distance, known, 0.9)
         assert (w[known] == 1.0).all()  # all three annotated planes, not only the seed's
         off = ~known
         np.testing.assert_allclose(w[off], np.float32(0.9) ** view.distance[off].astype(np.float32), rtol=1e-6)

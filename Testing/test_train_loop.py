@@ -14,8 +14,8 @@ import torch
 
 from rada.annotation import SparseAnnotation
 from rada.errors import InputError
+from rada.intensity import zscore
 from rada.io import read_volume
-from rada.dataset import zscore
 from rada.nets import ModelConfig
 from rada.volume import Volume
 from rada.train import LabeledCase, ScheduleConfig, TrainConfig, Trainer, TrainingData, load_checkpoint, train

@@ -83,7 +83,21 @@ class SparseAnnotation:
         return self.array != IGNORE
 
     def foreground(self) -> np.ndarray:
+        """Bool mask of every voxel annotated as structure."""
         return self.array == FOREGROUND
+
+    def paste(self, label: np.ndarray) -> np.ndarray:
+        """Put the annotated voxels' values (the ground truth) into a dense 0/1 label.
+
+        Args:
+            label: a 0/1 label on the annotation's grid; changed in place.
+
+        Returns:
+            ``label``, every annotated voxel now exactly as annotated.
+        """
+        known = self.known()
+        label[known] = self.array[known]
+        return label
 
     def validate(self, image: Volume | None = None,
                  required_axes: Sequence[str] = VIEW_NAMES) -> "SparseAnnotation":
@@ -135,13 +149,29 @@ class SparseAnnotation:
         return cls(label.with_array(sparse))
 
 
-def grow_box(extent: Sequence[slice], shape: Sequence[int], margin: int,
+def crop_box(annotation: SparseAnnotation, margin: int, fraction: float = 0.0,
              quantum: int = 1) -> tuple[slice, slice, slice]:
-    """``extent`` grown by ``margin`` voxels, bounds rounded outward to multiples of ``quantum``
-    (so that a slightly larger extent keeps the same box), clipped to ``shape``."""
-    return tuple(slice(max(0, (e.start - margin) // quantum * quantum),  # type: ignore[return-value]
-                       min(n, -(-(e.stop + margin) // quantum) * quantum))
-                 for e, n in zip(extent, shape))
+    """The box RADA works in: the painted structure's extent, grown and clipped to the volume.
+
+    The one crop of RADA: the pipeline crops with it (margin and fraction of
+    ``SegmentConfig``), and propagation narrows that crop again with the same function
+    (``PropagationConfig.margin`` and ``crop_quantum``).
+
+    Args:
+        annotation: the sparse annotation; its :meth:`SparseAnnotation.extent` is grown.
+        margin: voxels added on every side.
+        fraction: plus this fraction of the extent's largest side (long thin shapes bend out).
+        quantum: bounds are rounded outward to multiples of this, so that a slightly larger
+            extent (a refinement) keeps the same box.
+
+    Returns:
+        One ``slice`` per array axis ``[z, y, x]``.
+    """
+    extent = annotation.extent()
+    grow = margin + int(round(fraction * max(e.stop - e.start for e in extent)))
+    return tuple(slice(max(0, (e.start - grow) // quantum * quantum),  # type: ignore[return-value]
+                       min(n, -(-(e.stop + grow) // quantum) * quantum))
+                 for e, n in zip(extent, annotation.shape))
 
 
 def from_painting(painted: Volume, min_area: int = 4) -> SparseAnnotation:

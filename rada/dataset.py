@@ -23,11 +23,24 @@ import numpy as np
 
 from rada.annotation import SparseAnnotation
 from rada.errors import InputError
+from rada.intensity import zscore
 from rada.volume import Volume
 
 SPLITS = ("train", "val", "test")
 DEFAULT_PROMPT = "An image containing the {organ}, with the rest being background"
 DATASET_FILE = "dataset.json"
+
+
+def default_prompt(organ: str) -> str:
+    """The text prompt of the guidance encoder for ``organ`` (:data:`DEFAULT_PROMPT` filled in).
+
+    Args:
+        organ: the structure's name, e.g. ``left atrium``.
+
+    Returns:
+        The prompt a dataset uses when its ``dataset.json`` gives none.
+    """
+    return DEFAULT_PROMPT.format(organ=organ)
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,7 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         if not self.prompt:
-            self.prompt = DEFAULT_PROMPT.format(organ=self.organ)
+            self.prompt = default_prompt(self.organ)
 
     def path(self, relative: str) -> Path:
         """Absolute path of a path written in the dataset."""
@@ -141,13 +154,6 @@ def write_dataset(spec: DatasetSpec, folder: str | os.PathLike) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(spec.as_json(), indent=2) + "\n", encoding="utf-8")
     return target
-
-
-def zscore(array: np.ndarray) -> np.ndarray:
-    """Per-volume z-score normalisation (float32)."""
-    a = np.asarray(array, dtype=np.float32)
-    std = float(a.std())
-    return (a - float(a.mean())) / (std if std > 0 else 1.0)
 
 
 def load_image(spec: DatasetSpec, case: CaseEntry) -> Volume:
@@ -242,5 +248,5 @@ def iter_entries(spec: DatasetSpec, ids: Iterable[str]) -> list[CaseEntry]:
     return [by_id[i] for i in ids]
 
 
-__all__ = ["CaseEntry", "DatasetSpec", "read_dataset", "write_dataset", "zscore", "load_image", "load_case",
-           "load_annotation", "SplitFile", "build_la2018", "DEFAULT_PROMPT", "SPLITS"]
+__all__ = ["CaseEntry", "DatasetSpec", "read_dataset", "write_dataset", "load_image", "load_case",
+           "load_annotation", "SplitFile", "build_la2018", "DEFAULT_PROMPT", "default_prompt", "SPLITS"]

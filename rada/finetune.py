@@ -37,7 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from rada.annotation import IGNORE, SparseAnnotation, take_slice
+from rada.device import select_device
 from rada.errors import CancelledError, InputError
+from rada.nets.vnet import VNetConfig
+from rada.patches import check_patch_size
 from rada.volume import Volume
 
 #: progress(fraction of the whole fine-tune path in [0, 1], stage, message)
@@ -122,7 +125,6 @@ class FinetuneConfig:
     @classmethod
     def for_device(cls, device: str = "auto", **overrides: Any) -> "FinetuneConfig":
         """The GPU profile when ``device`` resolves to CUDA, the CPU profile otherwise."""
-        from rada.train.distributed import select_device
 
         dev = select_device(device)
         return cls.gpu(**overrides) if dev.type == "cuda" else cls.cpu(**overrides)
@@ -138,8 +140,7 @@ class FinetuneConfig:
             raise InputError("width must be >= 1 and iterations >= 0")
         if not 0.1 <= self.scale <= 1.0:
             raise InputError(f"scale must be in [0.1, 1], got {self.scale}")
-        if len(self.patch_size) != 3 or min(self.patch_size) < 16 or any(p % 16 for p in self.patch_size):
-            raise InputError(f"patch_size must be three multiples of 16, got {self.patch_size}")
+        check_patch_size(self.patch_size, len(VNetConfig().encoder_blocks))
         if self.labeled_batch < 1 or self.unlabeled_batch < 0 or self.teacher_passes < 1:
             raise InputError("labeled_batch and teacher_passes must be >= 1, unlabeled_batch >= 0")
         if self.optimizer not in ("sgd", "adam"):
@@ -255,7 +256,6 @@ def _build_model(cfg: FinetuneConfig, start_model: str | None, cached: Finetuned
         origin = "checkpoint"
     else:
         from rada.nets.head import HeadConfig
-        from rada.nets.vnet import VNetConfig
 
         model = TriViewModel(ModelConfig(VNetConfig(width=cfg.width, dropout=cfg.dropout),
                                          HeadConfig(embedding_dim=1024 if embeddings.enabled else 0)))
@@ -358,7 +358,6 @@ def finetune_case(image: Volume, annotation: SparseAnnotation, config: FinetuneC
     from rada.infer import model_predictor, sliding_window
     from rada.propagation import PropagationConfig, propagate
     from rada.train.data import LabeledCase, TrainingData, pseudo_labels_from_propagation
-    from rada.train.distributed import select_device
 
     cfg = (config or FinetuneConfig.for_device("auto")).validated()
     mismatch = image.grid_mismatch(annotation.labels)

@@ -17,8 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rada.device import select_device
 from rada.errors import InputError
+from rada.intensity import zscore
 from rada.nets.triview import ModelConfig, TriViewModel
+from rada.patches import centred_padding, check_patch_size
+from rada.protocol import to_input_grid, to_model_grid
+from rada.train.checkpoint import load_checkpoint
 from rada.volume import Volume
 
 Predictor = Callable[[Tensor], Tensor]
@@ -89,7 +94,7 @@ def sliding_window(array: np.ndarray, predictor: Predictor, patch: Sequence[int]
     patch = tuple(int(p) for p in patch)
     stride = tuple(int(s) for s in (stride or [max(1, p // 2) for p in patch]))
     shape = array.shape
-    pads = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(shape, patch)]
+    pads = centred_padding(shape, patch)
     padded = np.pad(array, pads, mode="constant", constant_values=float(array.min())) if any(
         a or b for a, b in pads) else array
     starts = [window_starts(s, p, st) for s, p, st in zip(padded.shape, patch, stride)]
@@ -119,8 +124,6 @@ def sliding_window(array: np.ndarray, predictor: Predictor, patch: Sequence[int]
 
 def load_model(checkpoint: str | os.PathLike | dict, device: torch.device | str = "cpu") -> tuple[TriViewModel, dict]:
     """A trained :class:`TriViewModel` in eval mode, and the checkpoint's metadata (no weights)."""
-    from rada.train.checkpoint import load_checkpoint
-
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = TriViewModel(ModelConfig.from_dict(state["model_config"]))
     for k, net in model.nets.items():
@@ -150,6 +153,7 @@ def predict_probability(model: TriViewModel, image: np.ndarray, config: Inferenc
     patch = config.patch_size or patch_size
     if patch is None:
         raise InputError("no patch size: give InferenceConfig.patch_size or the checkpoint's")
+    patch = check_patch_size(patch, len(model.config.backbone.encoder_blocks))
     device = next(model.parameters()).device
     model.eval()
     prob = sliding_window(image, model_predictor(model, config.view, config.bf16), patch, config.stride,
@@ -164,11 +168,6 @@ def predict(image: Volume, model: str | os.PathLike | TriViewModel, config: Infe
     With an ``annotation`` (a :class:`rada.annotation.SparseAnnotation` on the image grid) and
     ``constrain_to_annotation``, annotated voxels keep their painted value.
     """
-    from rada.dataset import zscore
-    from rada.train.distributed import select_device
-
-    from rada.protocol import to_input_grid, to_model_grid
-
     device = select_device(config.device)
     meta: dict = {}
     if not isinstance(model, TriViewModel):
@@ -184,8 +183,7 @@ def predict(image: Volume, model: str | os.PathLike | TriViewModel, config: Infe
         mismatch = image.grid_mismatch(annotation.labels)
         if mismatch:
             raise InputError(f"annotation geometry differs from the image: {mismatch}")
-        known = annotation.known()
-        label[known] = annotation.array[known]
+        annotation.paste(label)
     info = {"device": str(device), "view": config.view, "blending": config.blending,
             "guidance": meta.get("guidance", {}).get("enabled", model.guided) if meta else model.guided,
             "content_hash": meta.get("content_hash"),

@@ -31,9 +31,10 @@ from typing import Any, Callable
 import numpy as np
 
 from rada import __version__
-from rada.annotation import SparseAnnotation, grow_box
+from rada.annotation import SparseAnnotation, crop_box
 from rada.appearance import AppearanceConfig, appearance_probability
 from rada.geodesic import GeodesicConfig, geodesic_logit
+from rada.intensity import zscore
 from rada.errors import CancelledError, InputError
 from rada.fusion import FusionConfig, fuse, probability_to_logit
 from rada.metrics import dice
@@ -113,14 +114,6 @@ def image_key(image: Volume) -> str:
     return h.hexdigest()
 
 
-def crop_box(annotation: SparseAnnotation, margin: int, fraction: float = 0.0) -> tuple[slice, slice, slice]:
-    """The painted structure's extent plus ``margin`` voxels and ``fraction`` of its largest
-    side, clipped to the volume."""
-    extent = annotation.extent()
-    grow = margin + int(round(fraction * max(e.stop - e.start for e in extent)))
-    return grow_box(extent, annotation.shape, grow)
-
-
 class _Stages:
     """Progress reporting, cancellation checks and per-stage timings in one place."""
 
@@ -175,9 +168,8 @@ def _model_probability(cfg: SegmentConfig, image: Volume, box: tuple[slice, slic
     The model was trained on per-volume z-scored images: the statistics come from the whole
     volume, the sliding window runs on the box only (seconds instead of minutes on a CPU).
     """
-    from rada.dataset import zscore
+    from rada.device import select_device  # torch: only when a model is given
     from rada.infer import InferenceConfig, load_model, predict_probability
-    from rada.train.distributed import select_device
 
     key = f"{cfg.model}|{cfg.device}|{[(s.start, s.stop) for s in box]}"
     if cache is not None and key in cache.model_probability:
@@ -279,8 +271,7 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
 
     full = np.zeros(image.shape, np.uint8)
     full[box] = mask_c
-    known = annotation.known()
-    full[known] = annotation.foreground()[known]  # the painted slices, exactly
+    annotation.paste(full)  # the painted slices, exactly
     stages.done()
 
     voxel_ml = float(np.prod(image.spacing)) / 1000.0

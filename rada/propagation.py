@@ -26,7 +26,8 @@ on (DeSCO, CVPR 2023). What differs from the reference code:
 Outputs (:class:`PropagationResult`): per view (``axial``/``coronal``/``sagittal``, the view's
 axis being its propagation axis) a pseudo-label on the full grid with every annotated voxel
 pasted in, and the distance in slices from the nearest annotated slice of that axis
-(:func:`alpha_weights` turns it into the voxel weights ``alpha**d``, 1 on annotated voxels);
+(:func:`rada.train.schedules.voxel_weights` turns it into the voxel weights ``alpha**d``, 1 on
+annotated voxels);
 and a fused 3D estimate, the majority (>= 2 of 3) of the three views with annotated voxels
 exact. Each slice takes the propagation from its nearest annotated slice on that axis
 (ties go to the lower slice); slices never reached are background.
@@ -50,7 +51,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from rada.annotation import SparseAnnotation, grow_box, take_slice
+from rada.annotation import SparseAnnotation, crop_box, take_slice
 from rada.errors import InputError
 from rada.safe_write import atomic_folder, atomic_path
 from rada.views import AXIS_OF, VIEW_NAMES
@@ -170,19 +171,6 @@ class PropagationResult:
     views: dict[str, ViewPropagation]
     fused: np.ndarray                      # uint8 0/1, majority of the views, annotated voxels exact
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-def alpha_weights(distance: np.ndarray, annotated: np.ndarray, alpha: float) -> np.ndarray:
-    """Voxel weights ``alpha ** distance`` (float32), exactly 1 on annotated voxels."""
-    d = np.asarray(distance, dtype=np.float32)
-    known = np.asarray(annotated, dtype=bool)
-    if known.shape != d.shape:
-        raise InputError(f"annotated mask shape {known.shape} differs from the distance map {d.shape}")
-    if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"alpha must be in [0, 1], got {alpha}")
-    w = np.power(np.float32(alpha), d, dtype=np.float32)
-    w[known] = 1.0
-    return w
 
 
 # --- registration cache -----------------------------------------------------------------
@@ -457,7 +445,7 @@ def propagate(image: Volume, annotation: SparseAnnotation, config: PropagationCo
     arr = _check_inputs(image, annotation)
     shape = arr.shape
     extent = annotation.extent()
-    box = grow_box(extent, shape, cfg.margin, cfg.crop_quantum) if cfg.crop else tuple(slice(0, n) for n in shape)
+    box = crop_box(annotation, cfg.margin, quantum=cfg.crop_quantum) if cfg.crop else tuple(slice(0, n) for n in shape)
     params = cfg.registration_params()
     ants_seed = cfg.seed + 1
     spacing_zyx = tuple(reversed(image.spacing))
@@ -589,8 +577,6 @@ def propagate(image: Volume, annotation: SparseAnnotation, config: PropagationCo
                     advance(chain)
 
     # Assemble the views on the full grid.
-    known = annotation.known()
-    fg = annotation.foreground()
     views: dict[str, ViewPropagation] = {}
     for name in VIEW_NAMES:
         a = AXIS_OF[name]
@@ -600,11 +586,10 @@ def propagate(image: Volume, annotation: SparseAnnotation, config: PropagationCo
             index = (slice(None),) * a + (i,)
             sub = label[index]
             sub[plane] = lab
-        label[known] = fg[known]
+        annotation.paste(label)
         views[name] = ViewPropagation(name, label, _distance(shape, a, annotation.annotated_slices(a)))
     votes = sum(v.label.astype(np.uint8) for v in views.values())
-    fused = (votes >= 2).astype(np.uint8)
-    fused[known] = fg[known]
+    fused = annotation.paste((votes >= 2).astype(np.uint8))
 
     stats["ranges"] = {k: list(v) for k, v in ranges.items()}
     stats["box"] = [[s.start, s.stop] for s in box]
@@ -659,7 +644,6 @@ __all__ = [
     "PropagationResult",
     "RegistrationCache",
     "ViewPropagation",
-    "alpha_weights",
     "load_propagation",
     "propagate",
     "save_propagation",

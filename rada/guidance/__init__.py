@@ -12,16 +12,14 @@ Consumers (training, the pipeline, the networks) only need::
 
 from rada.guidance.embed import (
                                  DEFAULT_FILENAME,
-                                 DEFAULT_PROMPT,
                                  GuidanceEmbeddings,
                                  compute_embeddings,
-                                 default_prompt,
                                  embed_dataset,
                                  load_embeddings,
                                  save_embeddings,
 )
 from rada.guidance.weights import DEFAULT_VARIANT, REGISTRY, VARIANTS, ResolvedWeights, cache_dir, resolve
 
-__all__ = ["DEFAULT_FILENAME", "DEFAULT_PROMPT", "GuidanceEmbeddings", "compute_embeddings",
-           "default_prompt", "embed_dataset", "load_embeddings", "save_embeddings", "DEFAULT_VARIANT", "REGISTRY",
+__all__ = ["DEFAULT_FILENAME", "GuidanceEmbeddings", "compute_embeddings",
+           "embed_dataset", "load_embeddings", "save_embeddings", "DEFAULT_VARIANT", "REGISTRY",
            "VARIANTS", "ResolvedWeights", "cache_dir", "resolve"]

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 
 from rada.annotation import SparseAnnotation, take_slice
+from rada.dataset import default_prompt
+from rada.device import select_device
 from rada.errors import InputError
 from rada.guidance.preprocess import (
     ALPHA_MEAN,
@@ -41,7 +43,6 @@ from rada.guidance.weights import DEFAULT_VARIANT, ResolvedWeights, resolve
 from rada.views import AXIS_OF, VIEW_NAMES
 from rada.volume import Volume
 
-DEFAULT_PROMPT = "An image containing the {organ}, with the rest being background"
 DEFAULT_FILENAME = "guidance_embeddings.npz"
 FORMAT = 1
 
@@ -100,10 +101,6 @@ class GuidanceEmbeddings:
 
 # --- computing ----------------------------------------------------------------------------
 
-def default_prompt(organ: str) -> str:
-    return DEFAULT_PROMPT.format(organ=organ)
-
-
 def _slices(pairs: Iterable[tuple[Volume, SparseAnnotation]], percentiles: Sequence[float]
             ) -> tuple[dict[str, list[tuple[Tensor, Tensor]]], list[dict[str, list[int]]]]:
     """Preprocessed (image, alpha) of every annotated slice, per view; the slice indices per case."""
@@ -129,12 +126,6 @@ def _slices(pairs: Iterable[tuple[Volume, SparseAnnotation]], percentiles: Seque
         if not out[view]:
             raise InputError(f"no annotated {view} slice in any labeled volume")
     return out, used
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _versions() -> dict[str, str]:
@@ -176,7 +167,7 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
             return GuidanceEmbeddings.off(f"guidance off: {exc}", organ, prompt, variant=variant)
     progress(0.0, "preprocessing the annotated slices")
     per_view, used = _slices(zip(images, annotations, strict=True), percentiles)
-    dev = _resolve_device(device)
+    dev = select_device(device)
     if isinstance(weights, AlphaCLIP):
         model = weights
         source.update(variant="in-memory model", sha256={})
@@ -303,5 +294,5 @@ def embed_dataset(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     return emb, save_embeddings(emb, target)
 
 
-__all__ = ["DEFAULT_PROMPT", "DEFAULT_FILENAME", "GuidanceEmbeddings", "default_prompt",
+__all__ = ["DEFAULT_FILENAME", "GuidanceEmbeddings",
            "compute_embeddings", "save_embeddings", "load_embeddings", "embed_dataset"]

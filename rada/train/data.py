@@ -16,8 +16,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from rada.annotation import SparseAnnotation
-from rada.views import VIEWS, View
+from rada.patches import centred_padding
 from rada.train.schedules import voxel_weights
+from rada.views import VIEWS, View
 
 
 @dataclass
@@ -66,7 +67,7 @@ def crop_or_pad(arrays: Sequence[np.ndarray], patch: Sequence[int], rng: np.rand
     """The same random ``patch`` window of every array (padded with ``pad_values`` where smaller)."""
     shape = arrays[0].shape
     pad_values = pad_values or [0] * len(arrays)
-    pads = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(shape, patch)]
+    pads = centred_padding(shape, patch)
     if any(a or b for a, b in pads):
         arrays = [np.pad(a, pads, constant_values=v) for a, v in zip(arrays, pad_values)]
         shape = arrays[0].shape
@@ -135,9 +136,7 @@ def pseudo_labels_from_propagation(result: object, annotation: SparseAnnotation,
     labels, distance = {}, {}
     for v in views:
         pv = result.views[v.name]  # type: ignore[attr-defined]
-        lab = np.asarray(pv.label, np.uint8).copy()
-        lab[known] = annotation.array[known]
-        labels[v.name] = lab
+        labels[v.name] = annotation.paste(np.asarray(pv.label, np.uint8).copy())
         d = np.asarray(pv.distance, dtype=np.float64)
         # unknown / infinite / negative distances -> the largest: weight alpha**65535 = 0
         d = np.where(np.isfinite(d) & (d >= 0), d, np.inf)

@@ -1,6 +1,6 @@
-"""Device selection and torch.distributed (torchrun) set-up, falling back to one process.
+"""torch.distributed (torchrun) set-up, falling back to one process.
 
-Select the device once (:func:`select_device`) and pass it down; never assume CUDA.
+The device is chosen once, by :func:`rada.device.select_device`, and passed down.
 Under ``torchrun`` (``WORLD_SIZE > 1``) every process trains on its own batches and the
 three views' gradients are averaged by DDP (NCCL on CUDA, gloo on CPU).
 """
@@ -29,23 +29,6 @@ class DistInfo:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: this process's CUDA device when there is one, else CPU; ``cpu`` / ``cuda`` / ``cuda:N``."""
-    if preference == "auto":
-        preference = "cuda" if torch.cuda.is_available() else "cpu"
-    if preference.startswith("cuda"):
-        if not torch.cuda.is_available():
-            from rada.errors import InputError
-
-            raise InputError("--device cuda asked for, but torch sees no CUDA GPU")
-        if preference == "cuda":
-            preference = f"cuda:{local_rank % torch.cuda.device_count()}"
-        device = torch.device(preference)
-        torch.cuda.set_device(device)
-        return device
-    return torch.device(preference)
 
 
 def init_distributed(device: torch.device | None = None) -> DistInfo:
@@ -83,4 +66,4 @@ def average(value: float, info: DistInfo, device: torch.device) -> float:
     return float(t.item()) / info.world_size
 
 
-__all__ = ["DistInfo", "select_device", "init_distributed", "barrier", "all_gather_objects", "average"]
+__all__ = ["DistInfo", "init_distributed", "barrier", "all_gather_objects", "average"]

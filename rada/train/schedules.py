@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from rada.errors import InputError
+
 
 def sigmoid_ramp(x: float, length: float) -> float:
     """``exp(-5 (1 - clip(x, 0, L) / L)^2)``; 1 when ``length`` is 0."""
@@ -79,9 +81,26 @@ def entropy_threshold(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
 
 
 def voxel_weights(distance: np.ndarray, annotated: np.ndarray, a: float) -> np.ndarray:
-    """``a ** distance`` with 1 on annotated voxels (the formula of ``rada.propagation.alpha_weights``)."""
-    w = np.power(np.float32(a), distance.astype(np.float32))
-    w[annotated] = 1.0
+    """The voxel weights of a pseudo-label, ``a ** distance`` (METHOD.md 2): the one definition.
+
+    Args:
+        distance: slices from each voxel to its view's nearest annotated slice.
+        annotated: bool mask of the annotated voxels (same shape).
+        a: the decay base, in [0, 1].
+
+    Returns:
+        float32 weights, exactly 1 on annotated voxels.
+
+    Raises:
+        InputError: shapes differ or ``a`` is outside [0, 1].
+    """
+    known = np.asarray(annotated, dtype=bool)
+    if known.shape != np.shape(distance):
+        raise InputError(f"annotated mask shape {known.shape} differs from the distance map {np.shape(distance)}")
+    if not 0.0 <= a <= 1.0:
+        raise InputError(f"alpha must be in [0, 1], got {a}")
+    w = np.power(np.float32(a), np.asarray(distance).astype(np.float32))
+    w[known] = 1.0
     return w
 
 

@@ -27,12 +27,14 @@ from torch import nn
 
 from rada.errors import InputError
 from rada.nets.triview import ModelConfig, TriViewModel
+from rada.patches import check_patch_size
 from rada.views import VIEWS
 from rada.train import schedules as S
 from rada.train.checkpoint import load_checkpoint, save_checkpoint
 from rada.train.cotraining import certainty_mask, teacher_mean_probability, view_losses
 from rada.train.data import Batch, TrainingData, sample_batch
-from rada.train.distributed import DistInfo, all_gather_objects, barrier, init_distributed, select_device
+from rada.device import select_device
+from rada.train.distributed import DistInfo, all_gather_objects, barrier, init_distributed
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.csv"
@@ -109,10 +111,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
-        divisor = 2 ** (len(self.model.backbone.encoder_blocks) - 1)
-        if len(self.patch_size) != 3 or any(p < divisor or p % divisor for p in self.patch_size):
-            raise InputError(f"patch_size {list(self.patch_size)} must be three multiples of {divisor} "
-                             f"(the V-Net halves the size {divisor.bit_length() - 1} times)")
+        check_patch_size(self.patch_size, len(self.model.backbone.encoder_blocks))
         return self
 
 

@@ -211,8 +211,8 @@ def test_cache_reuse_and_refinement(la_small, la_sequential, tmp_path):
     again_disk = propagate(image, ann, PropagationConfig(workers=1), cache=disk)
     assert again_disk.stats["registrations_run"] == 0
     np.testing.assert_array_equal(again_disk.fused, first.fused)
-    # Another preset is another registration: no stale hit.
-    fast = propagate(image, ann, PropagationConfig(workers=1, preset="fast", margin=0), cache=cache)
+    # Another resolution is another registration: no stale hit.
+    fast = propagate(image, ann, PropagationConfig(workers=1, resolution="half", margin=0), cache=cache)
     assert fast.stats["registrations_cached"] == 0
 
 
@@ -305,11 +305,11 @@ def test_single_slice_volume_is_returned_as_annotated():
 def test_syn_transform_works():
     image, label = ellipsoid(shape=(20, 26, 26), radii=(7.0, 9.0, 8.0))
     ann = SparseAnnotation.from_dense(label)
-    # The half-resolution "fast" registration preset is not checked here: on slices this small
+    # The half-resolution registration is not checked here: on slices this small
     # (13x13 after downsampling) it gives Dice 0.57, so it is only meant for large slices.
     for cfg in (PropagationConfig(workers=1, transform="SyN"),):
         result = propagate(image, ann, cfg)
-        assert result.stats["transform"] == cfg.transform and result.stats["preset"] == cfg.preset
+        assert result.stats["transform"] == cfg.transform and result.stats["resolution"] == cfg.resolution
         assert result.stats["registrations_run"] > 20 and result.stats["identity_transforms"] == 0
         # Measured on this 20x26x26 ellipsoid: SyN 0.826; the SyNRA default
         # is held to a tighter bound in test_synthetic_ellipsoid_propagates_accurately.
@@ -354,7 +354,7 @@ def test_bad_input_is_an_input_error():
         propagate(image, SparseAnnotation(label.with_array(empty)))
     with pytest.raises(InputError):
         propagate(image.array, ann)  # type: ignore[arg-type]
-    for bad in ({"transform": "Affine"}, {"preset": "slow"}, {"workers": 0}, {"kernel": 4}, {"margin": -1},
+    for bad in ({"transform": "Affine"}, {"resolution": "slow"}, {"workers": 0}, {"kernel": 4}, {"margin": -1},
                 {"percentiles": (50.0, 10.0)}, {"seed": -1}, {"start_method": "nope"}):
         with pytest.raises(InputError):
             propagate(image, ann, PropagationConfig(**bad))

@@ -148,8 +148,8 @@ def _run_propagate(args: argparse.Namespace) -> int:
     _check_outputs((args.out, None), (args.fused, VOLUME_SUFFIXES))
     image = read_volume(args.image)
     annotation = read_annotation(args.annotation, reference=image).validate(image)
-    config = PropagationConfig(transform=args.transform, preset=args.preset, workers=args.workers,
-                               seed=args.seed, crop=not args.no_crop)
+    config = PropagationConfig(transform=args.transform, resolution={"full": "full", "fast": "half"}[args.preset],
+                               workers=args.workers, seed=args.seed, crop=not args.no_crop)
     bar, progress = _stderr_progress("propagate")
     try:
         result = propagate(image, annotation, config,

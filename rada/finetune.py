@@ -64,13 +64,13 @@ class FinetuneConfig:
     from scratch or a checkpoint; ``refine_iterations`` when starting from the weights of a
     previous call on the same image. ``labeled_batch`` / ``unlabeled_batch``: patches per step
     of the supervised and the cross-view stream (both drawn from this case).
-    ``teacher_passes``: noisy passes T of the certainty estimate. ``registration``: ANTs
-    preset of the propagation (``fast`` registers slices at half resolution).
+    ``teacher_passes``: noisy passes T of the certainty estimate. ``registration_resolution``:
+    ANTs propagation's :data:`rada.propagation.RESOLUTIONS` (``half`` registers slices at half resolution).
     ``guidance``: use Alpha-CLIP embeddings when the weights are installed; ``organ`` names
     the structure in the text prompt. ``optimizer``: ``sgd`` (METHOD.md: momentum 0.9, weight
     decay 1e-4) or ``adam`` (same weight decay; converges in far fewer steps from scratch).
-    ``alpha_decay``: run METHOD.md's alpha schedule on the fine-tune's clock; off (DEFAULT) keeps
-    alpha at its start value 0.95 -- a short run would otherwise spend its second half
+    ``decay_schedule``: run METHOD.md's alpha (decay base) schedule on the fine-tune's clock; off
+    (DEFAULT) keeps the decay base at its start value 0.95 -- a short run would otherwise spend its second half
     learning from the painted slices alone. ``lr_decay``: METHOD.md's x0.1 steps (at 5/12 and
     5/6 of the run). ``dropout``: of the V-Net's bottleneck and last feature (0.5 = METHOD.md;
     scratch models only). ``combine``: ``fuse`` adds the probability's log-odds to
@@ -89,13 +89,13 @@ class FinetuneConfig:
     unlabeled_batch: int = 2
     optimizer: str = "sgd"
     lr: float = 0.01
-    alpha_decay: bool = False
+    decay_schedule: bool = False
     lr_decay: bool = True
     dropout: float = 0.5
     momentum: float = 0.9
     weight_decay: float = 1e-4
     teacher_passes: int = 8
-    registration: str = "full"
+    registration_resolution: str = "full"
     registration_workers: int | None = None
     guidance: bool = True
     organ: str = "structure"
@@ -114,7 +114,7 @@ class FinetuneConfig:
         base = dict(device="cpu", width=4, patch_size=(32, 32, 32), scale=0.5, iterations=40,
                     refine_iterations=15, labeled_batch=1, unlabeled_batch=1, teacher_passes=2,
                     lr=0.05, dropout=0.0, lr_decay=False,
-                    registration="full", infer_batch=2)
+                    registration_resolution="full", infer_batch=2)
         return cls(**{**base, **overrides})
 
     @classmethod
@@ -298,7 +298,7 @@ def _train(model: Any, data: Any, cfg: FinetuneConfig, iterations: int, patch: t
         report("finetune", t / max(iterations, 1), f"iteration {t + 1}/{iterations}")
         clock = int(t * sched.iterations / max(iterations, 1))  # the 6000-step schedules, compressed
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, t, 11]).generate_state(1)[0]))
-        a = S.alpha(clock, sched) if cfg.alpha_decay else sched.alpha_start
+        a = S.distance_decay(clock, sched) if cfg.decay_schedule else sched.alpha_start
         b, thr = S.beta(clock, sched), S.entropy_threshold(clock, sched)
         lr = cfg.lr * S.learning_rate(clock, sched) / sched.base_lr if cfg.lr_decay else cfg.lr
         batch = sample_batch(data, t, a, patch, cfg.labeled_batch, cfg.unlabeled_batch, cfg.seed, 0, True,
@@ -380,7 +380,7 @@ def finetune_case(image: Volume, annotation: SparseAnnotation, config: FinetuneC
     image_w = Volume(arr_w, spacing_w, image.origin, image.direction)
 
     t0 = time.perf_counter()
-    prop_cfg = PropagationConfig(preset=cfg.registration, workers=cfg.registration_workers, seed=cfg.seed)
+    prop_cfg = PropagationConfig(resolution=cfg.registration_resolution, workers=cfg.registration_workers, seed=cfg.seed)
     prop = propagate(image_w, ann_w, prop_cfg, progress=lambda f, m: report("propagate", f, m),
                      cache=registrations)
     labels, distance, known = pseudo_labels_from_propagation(prop, ann_w)

@@ -59,11 +59,11 @@ from rada.volume import Volume
 
 #: Transforms ANTs may run between neighbouring slices.
 TRANSFORMS = ("SyNRA", "SyN")
-#: Registration presets: ``full`` = ANTs defaults; ``fast`` registers slices downsampled 2x
-#: in-plane (the transform is physical, so it is applied to the full-resolution label).
-PRESETS: dict[str, dict[str, Any]] = {
+#: Registration resolutions: ``full`` = ANTs defaults on the slices; ``half`` registers slices
+#: downsampled 2x in-plane (the transform is physical, so it is applied to the full-resolution label).
+RESOLUTIONS: dict[str, dict[str, Any]] = {
     "full": {"downsample": 1, "reg_iterations": (40, 20, 0)},
-    "fast": {"downsample": 2, "reg_iterations": (40, 20, 0)},
+    "half": {"downsample": 2, "reg_iterations": (40, 20, 0)},
 }
 #: Slices smaller than this (pixels, either in-plane side) are not registered: the label is
 #: carried over unchanged (ANTs' 4x shrink factors need some room).
@@ -82,7 +82,7 @@ class PropagationConfig:
     """How to propagate; every default follows METHOD.md section 2.
 
     ``transform``: ANTs ``type_of_transform`` between neighbouring slices (``SyNRA`` or ``SyN``).
-    ``preset``: ``full`` (ANTs defaults) or ``fast`` (slices registered downsampled 2x).
+    ``resolution``: ``full`` (ANTs defaults) or ``half`` (slices registered downsampled 2x).
     ``seed``: registration seed (given to ANTs as ``seed + 1``: ANTs ignores 0).
     ``workers``: registration processes (None = the CPUs this process may use).
     ``margin``: voxels added around the annotated extent when ``crop`` is on.
@@ -102,7 +102,7 @@ class PropagationConfig:
     """
 
     transform: str = "SyNRA"
-    preset: str = "full"
+    resolution: str = "full"
     seed: int = 0
     workers: int | None = None
     margin: int = 10
@@ -119,8 +119,8 @@ class PropagationConfig:
         """Self, or an :class:`InputError` naming the bad field."""
         if self.transform not in TRANSFORMS:
             raise InputError(f"unknown transform {self.transform!r}; use one of {', '.join(TRANSFORMS)}")
-        if self.preset not in PRESETS:
-            raise InputError(f"unknown registration preset {self.preset!r}; use one of {', '.join(PRESETS)}")
+        if self.resolution not in RESOLUTIONS:
+            raise InputError(f"unknown registration resolution {self.resolution!r}; use one of {', '.join(RESOLUTIONS)}")
         if self.workers is not None and int(self.workers) < 1:
             raise InputError(f"workers must be at least 1, got {self.workers}")
         if self.margin < 0 or self.extent_slack < 0:
@@ -144,7 +144,7 @@ class PropagationConfig:
     def registration_params(self) -> dict[str, Any]:
         """Everything that changes a registration's result (part of the cache key)."""
         return {"transform": self.transform, "ants_seed": self.seed + 1, "percentiles": list(self.percentiles),
-                **{k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS[self.preset].items()}}
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in RESOLUTIONS[self.resolution].items()}}
 
     def n_workers(self) -> int:
         if self.workers is not None:
@@ -438,7 +438,7 @@ def propagate(image: Volume, annotation: SparseAnnotation, config: PropagationCo
     ``registrations_skipped`` (not needed: a chain went empty), ``identity_transforms``
     (slices too small or flat to register), ``workers``, ``ranges`` (per axis, the slices
     propagation may reach, ``[lo, hi)``), ``box`` (the crop, ``[start, stop)`` per array
-    axis), ``seconds``, ``transform`` and ``preset``.
+    axis), ``seconds``, ``transform`` and ``resolution``.
     """
     t_start = time.perf_counter()
     cfg = config.validated()
@@ -487,7 +487,7 @@ def propagate(image: Volume, annotation: SparseAnnotation, config: PropagationCo
 
     stats: dict[str, Any] = {"registrations_planned": len(tasks), "registrations_run": 0,
                              "registrations_cached": 0, "registrations_skipped": 0, "identity_transforms": 0,
-                             "workers": 1, "transform": cfg.transform, "preset": cfg.preset}
+                             "workers": 1, "transform": cfg.transform, "resolution": cfg.resolution}
     records: dict[str, TransformRecord] = {}
     for key in tasks:
         hit = cache.get(key) if cache is not None else None
@@ -638,7 +638,7 @@ def load_propagation(path: str | os.PathLike) -> PropagationResult:
 
 
 __all__ = [
-    "PRESETS",
+    "RESOLUTIONS",
     "TRANSFORMS",
     "PropagationConfig",
     "PropagationResult",

@@ -31,8 +31,8 @@ from rada.dataset import default_prompt
 from rada.device import select_device
 from rada.errors import InputError
 from rada.guidance.preprocess import (
-    ALPHA_MEAN,
-    ALPHA_STD,
+    MASK_MEAN,
+    MASK_STD,
     CLIP_MEAN,
     CLIP_STD,
     IMAGE_SIZE,
@@ -103,7 +103,7 @@ class GuidanceEmbeddings:
 
 def _slices(pairs: Iterable[tuple[Volume, SparseAnnotation]], percentiles: Sequence[float]
             ) -> tuple[dict[str, list[tuple[Tensor, Tensor]]], list[dict[str, list[int]]]]:
-    """Preprocessed (image, alpha) of every annotated slice, per view; the slice indices per case."""
+    """Preprocessed (image, region_mask) of every annotated slice, per view; the slice indices per case."""
     out: dict[str, list[tuple[Tensor, Tensor]]] = {v: [] for v in VIEW_NAMES}
     used: list[dict[str, list[int]]] = []
     for n, (image, annotation) in enumerate(pairs):
@@ -189,8 +189,8 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
             for start in range(0, len(items), batch_size):
                 chunk = items[start:start + batch_size]
                 image = torch.stack([c[0] for c in chunk]).to(dev)
-                alpha = torch.stack([c[1] for c in chunk]).to(dev)
-                feats.append(model.encode_image(image, alpha, normalize=True).float().cpu())
+                region_mask = torch.stack([c[1] for c in chunk]).to(dev)
+                feats.append(model.encode_image(image, region_mask, normalize=True).float().cpu())
                 done += len(chunk)
                 progress(0.1 + 0.9 * done / total, f"{view}: {done}/{total} slices")
             mean = torch.cat(feats).mean(0)
@@ -199,7 +199,7 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
                   slices={v: len(per_view[v]) for v in VIEW_NAMES}, cases=len(used),
                   case_ids=list(case_ids) if case_ids is not None else None, annotated_slices=used,
                   preprocessing={"size": IMAGE_SIZE, "percentiles": list(percentiles), "clip_mean": list(CLIP_MEAN),
-                                 "clip_std": list(CLIP_STD), "alpha_mean": ALPHA_MEAN, "alpha_std": ALPHA_STD},
+                                 "clip_std": list(CLIP_STD), "alpha_mean": MASK_MEAN, "alpha_std": MASK_STD},
                   pooling="l2-normalise each slice, mean per view, l2-normalise",
                   created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     progress(1.0, "done")

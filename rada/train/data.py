@@ -87,12 +87,12 @@ def rot_flip(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.
     return [np.ascontiguousarray(np.flip(np.rot90(a, k, axes=(1, 2)), axis=axis)) for a in arrays]
 
 
-def sample_batch(data: TrainingData, t: int, alpha: float, patch: Sequence[int], labeled_batch: int = 2,
+def sample_batch(data: TrainingData, t: int, decay: float, patch: Sequence[int], labeled_batch: int = 2,
                  unlabeled_batch: int = 2, seed: int = 0, rank: int = 0, augment: bool = True,
                  views: Sequence[View] = VIEWS) -> Batch:
     """Two streams: ``labeled_batch`` labeled + ``unlabeled_batch`` unlabeled patches.
 
-    Labeled patches carry each view's pseudo-label and its voxel weights ``alpha**d``
+    Labeled patches carry each view's pseudo-label and its voxel weights ``decay**d``
     (1 on annotated planes), cropped and augmented together with the image. Without
     unlabeled cases the unlabeled stream is empty.
     """
@@ -107,7 +107,7 @@ def sample_batch(data: TrainingData, t: int, alpha: float, patch: Sequence[int],
         pad = [float(c.image.min())] + [0] * len(views) + [np.iinfo(np.uint16).max] * len(views) + [False]
         arrays = crop_or_pad(arrays, patch, rng, pad)
         n = len(views)
-        w = [voxel_weights(arrays[1 + n + j], arrays[-1], alpha) for j in range(n)]
+        w = [voxel_weights(arrays[1 + n + j], arrays[-1], decay) for j in range(n)]
         group = [arrays[0]] + arrays[1:1 + n] + w
         if augment:
             group = rot_flip(group, rng)
@@ -138,7 +138,7 @@ def pseudo_labels_from_propagation(result: object, annotation: SparseAnnotation,
         pv = result.views[v.name]  # type: ignore[attr-defined]
         labels[v.name] = annotation.paste(np.asarray(pv.label, np.uint8).copy())
         d = np.asarray(pv.distance, dtype=np.float64)
-        # unknown / infinite / negative distances -> the largest: weight alpha**65535 = 0
+        # unknown / infinite / negative distances -> the largest: weight decay**65535 = 0
         d = np.where(np.isfinite(d) & (d >= 0), d, np.inf)
         distance[v.name] = np.minimum(d, np.iinfo(np.uint16).max).astype(np.uint16)
     return labels, distance, known

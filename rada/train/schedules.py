@@ -58,10 +58,21 @@ def learning_rate(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
     return cfg.base_lr * cfg.lr_gamma ** sum(t >= m for m in cfg.lr_milestones)
 
 
-def alpha(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
-    """Voxel-weight base: ``alpha_start`` before the first refresh, then, refreshed every
-    ``alpha_refresh`` iterations, ``0.5 (cos(pi min(t'//150, 40) / 40) + 1)`` at ``t'`` the last
-    refresh (1000 -> 0.946, 2000 -> 0.761, 3000 -> 0.5, 4000 -> 0.273, 5000 -> 0.074)."""
+def distance_decay(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
+    """The decay base of the voxel weights ``decay ** d`` at iteration ``t`` (METHOD.md's alpha).
+
+    ``alpha_start`` before the first refresh, then, refreshed every ``alpha_refresh``
+    iterations, ``0.5 (cos(pi min(t'//150, 40) / 40) + 1)`` at ``t'`` the last refresh
+    (1000 -> 0.946, 2000 -> 0.761, 3000 -> 0.5, 4000 -> 0.273, 5000 -> 0.074). The config keys
+    keep METHOD.md's name, ``alpha_*``.
+
+    Args:
+        t: the iteration.
+        cfg: the schedule.
+
+    Returns:
+        The decay base in [0, 1].
+    """
     refreshed = (t // cfg.alpha_refresh) * cfg.alpha_refresh
     if refreshed == 0:
         return cfg.alpha_start
@@ -80,29 +91,29 @@ def entropy_threshold(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
     return (cfg.entropy_base + cfg.entropy_gain * sigmoid_ramp(t, length)) * math.log(2.0)
 
 
-def voxel_weights(distance: np.ndarray, annotated: np.ndarray, a: float) -> np.ndarray:
-    """The voxel weights of a pseudo-label, ``a ** distance`` (METHOD.md 2): the one definition.
+def voxel_weights(distance: np.ndarray, annotated: np.ndarray, decay: float) -> np.ndarray:
+    """The voxel weights of a pseudo-label, ``decay ** distance`` (METHOD.md 2's alpha^d).
 
     Args:
         distance: slices from each voxel to its view's nearest annotated slice.
         annotated: bool mask of the annotated voxels (same shape).
-        a: the decay base, in [0, 1].
+        decay: the decay base (METHOD.md's alpha), in [0, 1].
 
     Returns:
         float32 weights, exactly 1 on annotated voxels.
 
     Raises:
-        InputError: shapes differ or ``a`` is outside [0, 1].
+        InputError: shapes differ or ``decay`` is outside [0, 1].
     """
     known = np.asarray(annotated, dtype=bool)
     if known.shape != np.shape(distance):
         raise InputError(f"annotated mask shape {known.shape} differs from the distance map {np.shape(distance)}")
-    if not 0.0 <= a <= 1.0:
-        raise InputError(f"alpha must be in [0, 1], got {a}")
-    w = np.power(np.float32(a), np.asarray(distance).astype(np.float32))
+    if not 0.0 <= decay <= 1.0:
+        raise InputError(f"the decay base (alpha) must be in [0, 1], got {decay}")
+    w = np.power(np.float32(decay), np.asarray(distance).astype(np.float32))
     w[known] = 1.0
     return w
 
 
-__all__ = ["ScheduleConfig", "sigmoid_ramp", "learning_rate", "alpha", "beta", "entropy_threshold",
+__all__ = ["ScheduleConfig", "sigmoid_ramp", "learning_rate", "distance_decay", "beta", "entropy_threshold",
            "voxel_weights"]

@@ -265,7 +265,7 @@ class Trainer:
         """Train iteration ``t`` (0-based); returns the logged values."""
         cfg, sch = self.config, self.config.schedule
         torch.manual_seed(_iteration_seed(cfg.seed, self.dist.rank, t))
-        a, b = S.alpha(t, sch), S.beta(t, sch)
+        a, b = S.distance_decay(t, sch), S.beta(t, sch)
         thr, lr = S.entropy_threshold(t, sch), S.learning_rate(t, sch)
         batch = sample_batch(self.data, t, a, cfg.patch_size, cfg.labeled_batch, cfg.unlabeled_batch,
                              cfg.seed, self.dist.rank, cfg.augment, self.model.views)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-import rada.propagation as prop
+import rada.propagation.registration as registration
 from rada.annotation import IGNORE, SparseAnnotation, take_slice
 from rada.errors import InputError
 from rada.io import read_volume
@@ -79,7 +79,7 @@ def _identity_registration(monkeypatch) -> list[int]:
     def fake(fixed, moving, spacing, params):
         calls.append(1)
         return ()
-    monkeypatch.setattr(prop, "_register_pair", fake)
+    monkeypatch.setattr(registration, "register_pair", fake)
     return calls
 
 
@@ -340,7 +340,7 @@ def test_bad_input_is_an_input_error():
     image, label = ellipsoid(shape=(12, 14, 16), radii=(4.0, 5.0, 5.0))
     ann = SparseAnnotation.from_dense(label)
     only_axial = SparseAnnotation.from_dense(label, {"axial": 6})
-    with pytest.raises(InputError, match="coronal"):
+    with pytest.raises(InputError, match="sagittal"):
         propagate(image, only_axial)
     shifted = Volume(image.array, origin=(1.0, 0.0, 0.0))
     with pytest.raises(InputError, match="geometry"):

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -212,12 +212,12 @@ class SplitFile:
 
 
 def build_la2018(source: str | os.PathLike, out: str | os.PathLike, split: SplitFile,
-                 organ: str = "left atrium", link_images: bool = True) -> DatasetSpec:
+                 organ: str = "left atrium") -> DatasetSpec:
     """Build a barely-supervised LA2018 dataset in ``out`` from ``source/<ID>/{image,label}.nii.gz``.
 
     Labeled cases get a sparse annotation with the three largest-foreground slices
-    (written to ``out/sparse/<ID>.nii.gz``); images and labels are referenced in place
-    (``link_images``), never copied. Validation cases carry only their dense label.
+    (written to ``out/sparse/<ID>.nii.gz``); images and labels are referenced in place,
+    never copied. Validation cases carry only their dense label.
     """
     from rada.io import read_volume, write_volume
 
@@ -237,15 +237,6 @@ def build_la2018(source: str | os.PathLike, out: str | os.PathLike, split: Split
     spec = DatasetSpec(name="la2018", organ=organ, modality="MRI", cases=cases, root=dst.resolve())
     write_dataset(spec, dst)
     return spec.validate()
-
-
-def iter_entries(spec: DatasetSpec, ids: Iterable[str]) -> list[CaseEntry]:
-    """Entries by id, in the order given."""
-    by_id = {c.id: c for c in spec.cases}
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise InputError(f"unknown case ids: {', '.join(missing[:5])}")
-    return [by_id[i] for i in ids]
 
 
 __all__ = ["CaseEntry", "DatasetSpec", "read_dataset", "write_dataset", "load_image", "load_case",

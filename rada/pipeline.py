@@ -259,12 +259,10 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
         prob, model_info = stages.run("model", "trained model inference", _model_probability, cfg, image,
                                       box, cache)
         extra_logits.append(cfg.model_weight * probability_to_logit(prob, cfg.fusion.prior_clip))
-        sources["model"] = prob > 0.5
         report_extra["model"] = model_info
 
-    shape_sources = [m for k, m in sources.items() if k != "model"]
     mask_c, _ = stages.run("fuse", "fusing shape, intensities and models", fuse, img_c.array, ann_c,
-                           shape_sources, hull, cfg.fusion, extra_logits, appearance,
+                           list(sources.values()), hull, cfg.fusion, extra_logits, appearance,
                            geodesic)
     if finetune_mask is not None:  # combine="alone": the fine-tuned networks' result by itself
         mask_c = finetune_mask

@@ -5,7 +5,7 @@ Consumers (training, the pipeline, the networks) only need::
 
     from rada.guidance import load_embeddings, GuidanceEmbeddings
     emb = load_embeddings(path)          # emb.enabled, emb.text [512], emb.visual[view] [512]
-    emb.vector("axial")                  # concat(text, visual) -> 1024, for the guidance head
+    model.set_guidance(emb.text, emb.visual)  # each view's head gets concat(text, visual[view])
 
 ``open_clip`` is imported lazily: loading a cache file needs only numpy and torch.
 """

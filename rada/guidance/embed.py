@@ -85,14 +85,6 @@ class GuidanceEmbeddings:
     def dim(self) -> int:
         return int(self.text.numel()) if self.text is not None else 0
 
-    def vector(self, view: str) -> Tensor:
-        """``concat(text, visual[view])`` (1024 floats): what the guidance head consumes."""
-        if not self.enabled:
-            raise InputError(f"guidance is off: {self.reason}")
-        if view not in self.visual:
-            raise InputError(f"unknown view {view!r}; use one of {', '.join(VIEW_NAMES)}")
-        return torch.cat([self.text.reshape(-1), self.visual[view].reshape(-1)])
-
     def summary(self) -> dict[str, Any]:
         """JSON-safe description (no vectors) for reports."""
         return {"enabled": self.enabled, "reason": self.reason, "organ": self.organ, "prompt": self.prompt,

@@ -38,7 +38,6 @@ class TrainingData:
 
     labeled: list[LabeledCase]
     unlabeled: list[np.ndarray]
-    unlabeled_ids: list[str] = field(default_factory=list)
     validation: list = field(default_factory=list)   # rada.train.validation.ValidationCase
 
     def __post_init__(self) -> None:
@@ -189,19 +188,18 @@ def load_training_data(spec, cache_dir: str | os.PathLike, propagation_config: o
     from rada.dataset import load_case
 
     tf = transform or (lambda a: a)
-    labeled, unlabeled, uids = [], [], []
+    labeled, unlabeled = [], []
     for c in spec.split("train"):
         if progress:
             progress(c.id)
         image, ann, _ = load_case(spec, c)  # the dataset's protocol (e.g. CT window/crop/spacing), z-scored
         if ann is None:
             unlabeled.append(tf(image.array))
-            uids.append(c.id)
             continue
         labels, dist, known = cached_pseudo_labels(c.id, image, ann, cache_dir, config=propagation_config)
         labeled.append(LabeledCase(c.id, tf(image.array), {k: tf(v) for k, v in labels.items()},
                                    {k: tf(v) for k, v in dist.items()}, tf(known)))
-    return TrainingData(labeled, unlabeled, uids, load_validation(spec, transform))
+    return TrainingData(labeled, unlabeled, load_validation(spec, transform))
 
 
 def load_validation(spec, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> list:

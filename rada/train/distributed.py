@@ -57,13 +57,4 @@ def all_gather_objects(obj: object, info: DistInfo) -> list:
     return out
 
 
-def average(value: float, info: DistInfo, device: torch.device) -> float:
-    """Mean of a scalar over ranks (for logging)."""
-    if not info.enabled:
-        return float(value)
-    t = torch.tensor([float(value)], device=device, dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item()) / info.world_size
-
-
-__all__ = ["DistInfo", "init_distributed", "barrier", "all_gather_objects", "average"]
+__all__ = ["DistInfo", "init_distributed", "barrier", "all_gather_objects"]

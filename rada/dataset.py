@@ -24,6 +24,9 @@ import numpy as np
 from rada.annotation import SparseAnnotation
 from rada.errors import InputError
 from rada.intensity import zscore
+from rada.io import read_volume, write_volume
+from rada.protocol import Protocol, apply
+from rada.safe_write import atomic_path
 from rada.volume import Volume
 
 SPLITS = ("train", "val", "test")
@@ -98,8 +101,6 @@ class DatasetSpec:
     @property
     def protocol(self):
         """The dataset's :class:`rada.protocol.Protocol` (validated)."""
-        from rada.protocol import Protocol
-
         return Protocol.from_json(self.preprocessing)
 
     def validate(self, check_files: bool = True) -> "DatasetSpec":
@@ -148,8 +149,6 @@ def read_dataset(path: str | os.PathLike, check_files: bool = True) -> DatasetSp
 
 def write_dataset(spec: DatasetSpec, folder: str | os.PathLike) -> Path:
     """Write ``folder/dataset.json`` atomically."""
-    from rada.safe_write import atomic_path
-
     target = Path(folder) / DATASET_FILE
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(spec.as_json(), indent=2) + "\n", encoding="utf-8")
@@ -158,8 +157,6 @@ def write_dataset(spec: DatasetSpec, folder: str | os.PathLike) -> Path:
 
 def load_image(spec: DatasetSpec, case: CaseEntry) -> Volume:
     """The case's image, z-scored, as float32."""
-    from rada.io import read_volume
-
     image = read_volume(spec.path(case.image))
     return image.with_array(zscore(image.array))
 
@@ -167,9 +164,6 @@ def load_image(spec: DatasetSpec, case: CaseEntry) -> Volume:
 def load_case(spec: DatasetSpec, case: CaseEntry, with_label: bool = False):
     """A case after the dataset's protocol (:mod:`rada.protocol`): the z-scored image, its sparse
     annotation (None if unlabeled) and, with ``with_label``, its dense label (None if absent)."""
-    from rada.io import read_volume
-    from rada.protocol import apply
-
     raw = read_volume(spec.path(case.image))
     label = read_volume(spec.path(case.label)) if with_label and case.label is not None else None
     prepared = apply(spec.protocol, raw, load_annotation(spec, case), label)
@@ -179,8 +173,6 @@ def load_case(spec: DatasetSpec, case: CaseEntry, with_label: bool = False):
 
 def load_annotation(spec: DatasetSpec, case: CaseEntry) -> SparseAnnotation | None:
     """The case's sparse annotation, or None for an unlabeled case."""
-    from rada.io import read_volume
-
     if case.annotation is None:
         return None
     return SparseAnnotation(read_volume(spec.path(case.annotation)))
@@ -219,8 +211,6 @@ def build_la2018(source: str | os.PathLike, out: str | os.PathLike, split: Split
     (written to ``out/sparse/<ID>.nii.gz``); images and labels are referenced in place,
     never copied. Validation cases carry only their dense label.
     """
-    from rada.io import read_volume, write_volume
-
     src, dst = Path(source).resolve(), Path(out)
     dst.mkdir(parents=True, exist_ok=True)
     cases: list[CaseEntry] = []

@@ -39,8 +39,17 @@ import torch.nn.functional as F
 from rada.annotation import IGNORE, SparseAnnotation, take_slice
 from rada.device import select_device
 from rada.errors import CancelledError, InputError
+from rada.fusion import keep_painted_components
+from rada.guidance import GuidanceEmbeddings, compute_embeddings
+from rada.infer import load_model, model_predictor, sliding_window
+from rada.nets.head import HeadConfig
+from rada.nets.triview import ModelConfig, TriViewModel
 from rada.nets.vnet import VNetConfig
 from rada.patches import check_patch_size
+from rada.propagation import PropagationConfig, propagate
+from rada.train import schedules as S
+from rada.train.cotraining import certainty_mask, teacher_mean_probability, view_losses
+from rada.train.data import LabeledCase, TrainingData, pseudo_labels_from_propagation, sample_batch
 from rada.volume import Volume
 
 #: progress(fraction of the whole fine-tune path in [0, 1], stage, message)
@@ -234,11 +243,8 @@ def _working_patch(shape: tuple[int, ...], patch: tuple[int, int, int]) -> tuple
 
 def _guidance(image: Volume, annotation: SparseAnnotation, cfg: FinetuneConfig, report: _Progress) -> Any:
     """Alpha-CLIP embeddings of the painted slices, or a disabled one with the reason."""
-    from rada.guidance import GuidanceEmbeddings
-
     if not cfg.guidance:
         return GuidanceEmbeddings.off("guidance off: disabled in the fine-tune settings")
-    from rada.guidance import compute_embeddings
 
     return compute_embeddings([image], [annotation], cfg.organ, device="cpu",
                               progress=lambda f, m: report("guidance", f, m))
@@ -247,16 +253,11 @@ def _guidance(image: Volume, annotation: SparseAnnotation, cfg: FinetuneConfig, 
 def _build_model(cfg: FinetuneConfig, start_model: str | None, cached: FinetunedWeights | None,
                  embeddings: Any, device: torch.device) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The tri-view model to fine-tune and where it started; its patch size from a checkpoint."""
-    from rada.infer import load_model
-    from rada.nets.triview import ModelConfig, TriViewModel
-
     meta: dict[str, Any] = {}
     if start_model is not None:
         model, meta = load_model(start_model, "cpu")
         origin = "checkpoint"
     else:
-        from rada.nets.head import HeadConfig
-
         model = TriViewModel(ModelConfig(VNetConfig(width=cfg.width, dropout=cfg.dropout),
                                          HeadConfig(embedding_dim=1024 if embeddings.enabled else 0)))
         origin = "scratch"
@@ -283,10 +284,6 @@ def _build_model(cfg: FinetuneConfig, start_model: str | None, cached: Finetuned
 def _train(model: Any, data: Any, cfg: FinetuneConfig, iterations: int, patch: tuple[int, int, int],
            device: torch.device, report: _Progress) -> list[float]:
     """METHOD.md section 5 on one case; the schedules run on a clock of ``iterations`` steps."""
-    from rada.train import schedules as S
-    from rada.train.cotraining import certainty_mask, teacher_mean_probability, view_losses
-    from rada.train.data import sample_batch
-
     sched = S.ScheduleConfig()
     def make(params: Any) -> torch.optim.Optimizer:
         if cfg.optimizer == "adam":
@@ -355,10 +352,6 @@ def finetune_case(image: Volume, annotation: SparseAnnotation, config: FinetuneC
         :class:`FinetuneResult`: probability on the crop grid, weights, report (stage times,
         iterations, started from, guidance on/off with the reason, resolution, device).
     """
-    from rada.infer import model_predictor, sliding_window
-    from rada.propagation import PropagationConfig, propagate
-    from rada.train.data import LabeledCase, TrainingData, pseudo_labels_from_propagation
-
     cfg = (config or FinetuneConfig.for_device("auto")).validated()
     mismatch = image.grid_mismatch(annotation.labels)
     if mismatch:
@@ -528,8 +521,6 @@ def segment_probability(image: Volume, annotation: SparseAnnotation, box: tuple[
 def probability_mask(probability: np.ndarray, annotation: SparseAnnotation, threshold: float = 0.5) -> np.ndarray:
     """``combine='alone'``: the thresholded probability, painted voxels exact, only components
     that hold painted structure, holes filled."""
-    from rada.fusion import keep_painted_components
-
     known = annotation.known()
     mask = probability > threshold
     mask[known] = annotation.foreground()[known]

@@ -33,11 +33,12 @@ import numpy as np
 from rada import __version__
 from rada.annotation import SparseAnnotation, crop_box
 from rada.appearance import AppearanceConfig, appearance_probability
-from rada.geodesic import GeodesicConfig, geodesic_logit
-from rada.intensity import zscore
 from rada.errors import CancelledError, InputError
 from rada.fusion import FusionConfig, fuse, probability_to_logit
+from rada.geodesic import GeodesicConfig, geodesic_logit
+from rada.intensity import zscore
 from rada.metrics import dice
+from rada.propagation import PropagationConfig, RegistrationCache, propagate
 from rada.shape_prior import shape_prior, visual_hull
 from rada.views import VIEW_NAMES
 from rada.volume import Volume
@@ -168,7 +169,8 @@ def _model_probability(cfg: SegmentConfig, image: Volume, box: tuple[slice, slic
     The model was trained on per-volume z-scored images: the statistics come from the whole
     volume, the sliding window runs on the box only (seconds instead of minutes on a CPU).
     """
-    from rada.device import select_device  # torch: only when a model is given
+    # torch: imported only when a model is given (fast and full run without it)
+    from rada.device import select_device
     from rada.infer import InferenceConfig, load_model, predict_probability
 
     key = f"{cfg.model}|{cfg.device}|{[(s.start, s.stop) for s in box]}"
@@ -220,10 +222,10 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
     extra_logits: list[np.ndarray] = []
     report_extra: dict[str, Any] = {}
     if cfg.propagate:
-        from rada.propagation import PropagationConfig, RegistrationCache, propagate
-
         if cache is not None and cache.registrations is None:
             cache.registrations = RegistrationCache()
+        # Propagation narrows this crop again with the same crop_box (PropagationConfig.margin and
+        # crop_quantum): registrations run on the structure's extent, not on the whole work box.
         result = stages.run("propagate", "ANTs slice-to-slice propagation", propagate, img_c, ann_c,
                             PropagationConfig(), progress=stages.sub_progress("propagate"),
                             cache=cache.registrations if cache is not None else None)
@@ -235,8 +237,8 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
     # --- the finetune preset (rada.finetune); --model is its starting point ---
     finetune_report, finetune_mask = None, None
     if PRESETS[cfg.preset].get("finetune"):
+        # torch: imported only for the finetune preset (fast and full run without it)
         from rada.finetune import FinetuneConfig, FinetuneMemory, probability_mask, segment_probability
-        from rada.propagation import RegistrationCache
 
         ft_cfg = cfg.finetune or FinetuneConfig.for_device(cfg.device)
         if cache is not None:

@@ -26,20 +26,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rada import __version__
 from rada.annotation import SparseAnnotation, take_slice
-from rada.dataset import default_prompt
+from rada.dataset import default_prompt, load_annotation, read_dataset
 from rada.device import select_device
 from rada.errors import InputError
+from rada.guidance.alpha_clip import AlphaCLIP, build_alpha_clip
 from rada.guidance.preprocess import (
-    MASK_MEAN,
-    MASK_STD,
     CLIP_MEAN,
     CLIP_STD,
     IMAGE_SIZE,
+    MASK_MEAN,
+    MASK_STD,
     PERCENTILES,
     preprocess_pair,
 )
 from rada.guidance.weights import DEFAULT_VARIANT, ResolvedWeights, resolve
+from rada.io import read_volume
+from rada.safe_write import atomic_path
 from rada.views import AXIS_OF, VIEW_NAMES
 from rada.volume import Volume
 
@@ -123,7 +127,6 @@ def _slices(pairs: Iterable[tuple[Volume, SparseAnnotation]], percentiles: Seque
 def _versions() -> dict[str, str]:
     import open_clip
 
-    from rada import __version__
 
     return {"rada": __version__, "open_clip": open_clip.__version__, "torch": torch.__version__}
 
@@ -144,8 +147,6 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
         raise InputError("the organ (structure) name is needed for the text prompt")
     prompt = prompt or default_prompt(organ)
     progress = progress or (lambda fraction, message: None)
-    from rada.guidance.alpha_clip import AlphaCLIP, build_alpha_clip
-
     source: dict[str, Any] = {"variant": variant}
     try:
         import open_clip  # noqa: F401  (only checking that it is installed)
@@ -203,8 +204,6 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
 
 def save_embeddings(emb: GuidanceEmbeddings, path: str | os.PathLike) -> Path:
     """Write the embeddings (or the "off" record) to an ``.npz`` atomically (no pickle)."""
-    from rada.safe_write import atomic_path
-
     target = Path(path)
     meta = {"format": FORMAT, "enabled": emb.enabled, "organ": emb.organ, "prompt": emb.prompt,
             "reason": emb.reason, "source": emb.source}
@@ -260,9 +259,6 @@ def embed_dataset(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     Without weights the guidance-off record is written, or, with ``allow_off=False``,
     :class:`InputError` says why and nothing is written.
     """
-    from rada.dataset import load_annotation, read_dataset
-    from rada.io import read_volume
-
     spec = read_dataset(dataset)
     cases = spec.labeled(split)
     if not cases:

@@ -15,9 +15,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from rada import propagation
 from rada.annotation import SparseAnnotation
+from rada.dataset import load_case
 from rada.patches import centred_padding
+from rada.safe_write import atomic_path
 from rada.train.schedules import voxel_weights
+from rada.train.validation import ValidationCase
 from rada.views import VIEWS, View
 
 
@@ -156,8 +160,6 @@ def cached_pseudo_labels(case_id: str, image, annotation: SparseAnnotation, cach
                          views: Sequence[View] = VIEWS) -> tuple[dict, dict, np.ndarray]:
     """Pseudo-labels of one labeled case, computed once by propagation and cached in
     ``cache_dir/<id>.npz`` (keyed by a hash of image, annotation and propagation config)."""
-    from rada.safe_write import atomic_path
-
     cache = Path(cache_dir) / f"{case_id}.npz"
     key = _cache_key(image.array, annotation, config)
     if cache.exists():
@@ -166,10 +168,8 @@ def cached_pseudo_labels(case_id: str, image, annotation: SparseAnnotation, cach
                 return ({v.name: z[f"label_{v.name}"] for v in views},
                         {v.name: z[f"distance_{v.name}"] for v in views}, z["annotated"])
     if propagate is None:
-        from rada.propagation import PropagationConfig, propagate as _propagate
-
-        propagate = _propagate
-        config = config if config is not None else PropagationConfig()
+        propagate = propagation.propagate
+        config = config if config is not None else propagation.PropagationConfig()
     result = propagate(image, annotation, config) if config is not None else propagate(image, annotation)
     labels, distance, known = pseudo_labels_from_propagation(result, annotation, views)
     with atomic_path(cache) as tmp:
@@ -185,8 +185,6 @@ def load_training_data(spec, cache_dir: str | os.PathLike, propagation_config: o
     """Load a :class:`rada.dataset.DatasetSpec`'s training split: z-scored images, pseudo-labels
     (propagated once per labeled case, cached in ``cache_dir``), unlabeled images.
     ``transform`` (e.g. a downscale, in tests) is applied to every array before use."""
-    from rada.dataset import load_case
-
     tf = transform or (lambda a: a)
     labeled, unlabeled = [], []
     for c in spec.split("train"):
@@ -204,9 +202,6 @@ def load_training_data(spec, cache_dir: str | os.PathLike, propagation_config: o
 
 def load_validation(spec, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> list:
     """The ``val`` split's cases that carry a dense ``label`` (z-scored image, binary label)."""
-    from rada.dataset import load_case
-    from rada.train.validation import ValidationCase
-
     tf = transform or (lambda a: a)
     cases = []
     for c in spec.split("val"):

@@ -22,7 +22,17 @@ BACKGROUND, FOREGROUND, IGNORE = 0, 1, 255
 
 
 def axis_index(axis: int | str) -> int:
-    """Array axis (0, 1, 2) of an axis given by number or by name."""
+    """Array axis (0, 1, 2) of an axis given by number or by view name.
+
+    Args:
+        axis: 0, 1, 2, or a view name (:data:`rada.views.VIEW_NAMES`).
+
+    Returns:
+        The array axis in ``[z, y, x]`` order.
+
+    Raises:
+        InputError: an unknown name or number.
+    """
     if isinstance(axis, str):
         if axis not in AXIS_OF:
             raise InputError(f"unknown axis {axis!r}; use one of {', '.join(VIEW_NAMES)}")
@@ -33,7 +43,16 @@ def axis_index(axis: int | str) -> int:
 
 
 def take_slice(array: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """The 2D slice ``index`` of ``array`` along array ``axis`` (a view, not a copy)."""
+    """The 2D slice ``index`` of ``array`` along array ``axis``.
+
+    Args:
+        array: a 3D array.
+        axis: the array axis.
+        index: the slice index on that axis.
+
+    Returns:
+        The slice, a view of ``array`` (not a copy).
+    """
     return array[(slice(None),) * axis + (index,)]
 
 
@@ -62,7 +81,14 @@ class SparseAnnotation:
         return self.labels.shape
 
     def annotated_slices(self, axis: int | str) -> list[int]:
-        """Indices of the slices along ``axis`` that carry no 'not annotated' voxel."""
+        """The annotated slices along one axis.
+
+        Args:
+            axis: array axis or view name.
+
+        Returns:
+            Ascending indices of the slices that carry no 'not annotated' (255) voxel.
+        """
         a = axis_index(axis)
         other = tuple(i for i in range(3) if i != a)
         return np.flatnonzero(~(self.array == IGNORE).any(axis=other)).tolist()
@@ -72,7 +98,18 @@ class SparseAnnotation:
         return {name: self.annotated_slices(name) for name in VIEW_NAMES}
 
     def slice_mask(self, axis: int | str, index: int) -> np.ndarray:
-        """The 0/1 structure mask of one annotated slice (bool, 2D)."""
+        """The structure mask of one annotated slice.
+
+        Args:
+            axis: array axis or view name.
+            index: an annotated slice on that axis.
+
+        Returns:
+            bool 2D mask, True on structure.
+
+        Raises:
+            InputError: the slice is not annotated.
+        """
         a = axis_index(axis)
         if index not in self.annotated_slices(a):
             raise InputError(f"slice {index} of the {VIEW_OF_AXIS[a]} axis is not annotated")
@@ -101,7 +138,18 @@ class SparseAnnotation:
 
     def validate(self, image: Volume | None = None,
                  required_axes: Sequence[str] = VIEW_NAMES) -> "SparseAnnotation":
-        """Check the annotation is usable; raise :class:`InputError` with one line otherwise."""
+        """Check the annotation is usable.
+
+        Args:
+            image: when given, the annotation must lie on its grid.
+            required_axes: views that need at least one annotated slice, checked in this order.
+
+        Returns:
+            Self.
+
+        Raises:
+            InputError: one line naming the first problem (grid, missing view, no structure).
+        """
         if image is not None:
             mismatch = image.grid_mismatch(self.labels)
             if mismatch:
@@ -133,8 +181,17 @@ class SparseAnnotation:
                    foreground_value: int | None = None) -> "SparseAnnotation":
         """Simulate the annotation protocol from a dense label.
 
-        ``slices="auto"`` picks, per axis, the slice with the largest foreground area; a
-        mapping ``{"axial": 40, "coronal": [50, 60], ...}`` picks given slices.
+        Args:
+            label: the dense label volume.
+            slices: ``"auto"`` (per axis, the slice with the largest foreground area), ``"x,y,z"``
+                indices as the CLI takes them, or a mapping ``{"axial": 40, "coronal": [50, 60]}``.
+            foreground_value: the structure's label value (None = every non-zero value).
+
+        Returns:
+            The sparse annotation: the chosen slices exact, everything else 255.
+
+        Raises:
+            InputError: an empty label or a slice outside the volume.
         """
         fg = label.array > 0 if foreground_value is None else label.array == foreground_value
         if not fg.any():

@@ -55,9 +55,22 @@ class Prediction:
 
 
 def window_starts(size: int, patch: int, stride: int) -> list[int]:
-    """Start indices of windows of ``patch`` along an axis of ``size >= patch`` with ``stride``;
-    the last window ends at ``size`` so the axis is covered (a stride above the patch is
-    clamped to the patch, or voxels between windows would be skipped)."""
+    """Start indices of sliding windows along one axis.
+
+    The last window ends at ``size``, so the axis is covered; a stride above the patch is
+    clamped to the patch, or voxels between windows would be skipped.
+
+    Args:
+        size: the axis length (at least ``patch`` after padding).
+        patch: the window length.
+        stride: the step between windows.
+
+    Returns:
+        The start indices (``[0]`` when the axis fits in one window).
+
+    Raises:
+        ValueError: a stride that is not positive.
+    """
     if size <= patch:
         return [0]
     if stride <= 0:
@@ -70,7 +83,19 @@ def window_starts(size: int, patch: int, stride: int) -> list[int]:
 
 
 def importance_map(patch: Sequence[int], mode: str = "gaussian", sigma_scale: float = 0.125) -> np.ndarray:
-    """Blending weights of one window: all ones, or a Gaussian centred on it (max 1, no zeros)."""
+    """Blending weights of one window.
+
+    Args:
+        patch: the window size.
+        mode: ``gaussian`` (centred on the window, nnU-Net's) or ``uniform`` (all ones).
+        sigma_scale: the Gaussian's sigma as a fraction of the window.
+
+    Returns:
+        float32 weights, maximum 1, no zeros.
+
+    Raises:
+        ValueError: an unknown mode.
+    """
     if mode == "uniform":
         return np.ones(tuple(patch), np.float32)
     if mode != "gaussian":
@@ -123,7 +148,15 @@ def sliding_window(array: np.ndarray, predictor: Predictor, patch: Sequence[int]
 
 
 def load_model(checkpoint: str | os.PathLike | dict, device: torch.device | str = "cpu") -> tuple[TriViewModel, dict]:
-    """A trained :class:`TriViewModel` in eval mode, and the checkpoint's metadata (no weights)."""
+    """Load a trained tri-view model.
+
+    Args:
+        checkpoint: a checkpoint file, or its already loaded state.
+        device: where the model goes.
+
+    Returns:
+        The :class:`TriViewModel` in eval mode, and the checkpoint's metadata (no weights).
+    """
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = TriViewModel(ModelConfig.from_dict(state["model_config"]))
     for k, net in model.nets.items():
@@ -134,7 +167,19 @@ def load_model(checkpoint: str | os.PathLike | dict, device: torch.device | str 
 
 
 def model_predictor(model: TriViewModel, view: str = "mean", bf16: bool = False) -> Predictor:
-    """``[B, 1, ...] -> [B, 2, ...]`` softmax of one view or the mean over views."""
+    """A predictor for :func:`sliding_window`: ``[B, 1, ...] -> [B, 2, ...]`` probabilities.
+
+    Args:
+        model: the tri-view model.
+        view: one view's softmax, or ``mean`` (the mean of the three views' softmaxes).
+        bf16: autocast to bfloat16 (CUDA only).
+
+    Returns:
+        The predictor (no gradients).
+
+    Raises:
+        InputError: an unknown view.
+    """
     if view != "mean" and view not in model.nets:
         raise InputError(f"unknown view {view!r}; use mean or one of {', '.join(model.nets)}")
     device = next(model.parameters()).device
@@ -149,7 +194,20 @@ def model_predictor(model: TriViewModel, view: str = "mean", bf16: bool = False)
 
 def predict_probability(model: TriViewModel, image: np.ndarray, config: InferenceConfig = InferenceConfig(),
                         patch_size: Sequence[int] | None = None) -> np.ndarray:
-    """Foreground probability ``[z, y, x]`` of a z-scored image."""
+    """Foreground probability of a z-scored image by sliding-window inference.
+
+    Args:
+        model: the tri-view model (on its device).
+        image: the z-scored image ``[z, y, x]``.
+        config: inference settings; its ``patch_size`` wins over ``patch_size``.
+        patch_size: the checkpoint's training patch.
+
+    Returns:
+        float32 ``[z, y, x]`` foreground probability.
+
+    Raises:
+        InputError: no patch size, or one the V-Net cannot take.
+    """
     patch = config.patch_size or patch_size
     if patch is None:
         raise InputError("no patch size: give InferenceConfig.patch_size or the checkpoint's")
@@ -165,8 +223,19 @@ def predict(image: Volume, model: str | os.PathLike | TriViewModel, config: Infe
             annotation: Any = None, patch_size: Sequence[int] | None = None) -> Prediction:
     """Segment ``image`` (raw intensities; z-scored here) with a checkpoint or a loaded model.
 
-    With an ``annotation`` (a :class:`rada.annotation.SparseAnnotation` on the image grid) and
-    ``constrain_to_annotation``, annotated voxels keep their painted value.
+    Args:
+        image: the image; the result is on its grid.
+        model: a checkpoint file or a loaded :class:`TriViewModel`.
+        config: inference settings (device, view, blending, threshold).
+        annotation: a :class:`rada.annotation.SparseAnnotation` on the image grid; with
+            ``constrain_to_annotation``, annotated voxels keep their painted value.
+        patch_size: the window, when ``model`` is a loaded model (a checkpoint carries its own).
+
+    Returns:
+        The label and probability volumes and a JSON-ready ``info``.
+
+    Raises:
+        InputError: a bad checkpoint, device, patch size or annotation grid.
     """
     device = select_device(config.device)
     meta: dict = {}

@@ -193,7 +193,23 @@ def _model_probability(cfg: SegmentConfig, image: Volume, box: tuple[slice, slic
 def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentConfig | None = None,
                  progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                  cache: SegmentCache | None = None) -> SegmentResult:
-    """Segment the painted structure in 3D; see the module docstring for the steps."""
+    """Segment the painted structure in 3D; see the module docstring for the steps.
+
+    Args:
+        image: the image.
+        annotation: the painted slices on the image's grid.
+        config: the preset and its options (default: the ``fast`` preset).
+        progress: ``progress(fraction, stage, message)``.
+        cancel: set it to stop at the next stage boundary.
+        cache: work kept between calls on the same image (refinement).
+
+    Returns:
+        The label on the image's grid (painted slices exact) and a JSON-ready report.
+
+    Raises:
+        InputError: an unusable image, annotation or configuration.
+        CancelledError: ``cancel`` was set.
+    """
     t_start = time.perf_counter()
     cfg = (config or SegmentConfig()).resolved()
     annotation.validate(image)

@@ -86,7 +86,14 @@ def assemble_views(reached: dict[int, dict[int, np.ndarray]], annotation: Sparse
 
 
 def majority(views: dict[str, ViewPropagation]) -> np.ndarray:
-    """Voxels that at least two of the three views call structure (uint8 0/1)."""
+    """Majority vote of the views.
+
+    Args:
+        views: the three views' propagations.
+
+    Returns:
+        uint8 0/1: voxels that at least two of the three views call structure.
+    """
     votes = sum(v.label.astype(np.uint8) for v in views.values())
     return (votes >= 2).astype(np.uint8)
 

@@ -47,7 +47,15 @@ class Plan:
 
 
 def in_plane(values: Sequence[Any], axis: int) -> tuple[Any, ...]:
-    """The two entries of a per-array-axis triple (box, spacing) that lie in the slices of ``axis``."""
+    """The in-plane part of a per-array-axis triple.
+
+    Args:
+        values: one entry per array axis (a box's slices, a spacing).
+        axis: the axis the slices are fixed on.
+
+    Returns:
+        The two entries of the other axes, in array order.
+    """
     return tuple(v for i, v in enumerate(values) if i != axis)
 
 

@@ -49,6 +49,9 @@ def ants_seed(seed: int) -> Iterator[None]:
     In-process we set the seed antspyx passes as ``--random-seed`` and nothing else:
     ``ants.config.set_ants_deterministic`` would also reseed the caller's global numpy and
     ``random`` generators. Used only with ``PropagationConfig(isolate=False)``.
+
+    Args:
+        seed: the seed ANTs passes as ``--random-seed``.
     """
     import ants  # heavy (ITK): loaded only where registrations run
 
@@ -61,7 +64,11 @@ def ants_seed(seed: int) -> Iterator[None]:
 
 
 def worker_init(seed: int) -> None:
-    """Worker process set-up: one ITK thread, a fixed ANTs seed."""
+    """Set up a worker process: one ITK thread, a fixed ANTs seed.
+
+    Args:
+        seed: the seed ANTs gets (never 0: ANTs reads 0 as "seed from the clock").
+    """
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
     os.environ["ANTS_RANDOM_SEED"] = str(seed)
     import ants  # after the environment above: ITK reads its thread count on import
@@ -108,7 +115,14 @@ def register_pair(fixed: np.ndarray, moving: np.ndarray, spacing: tuple[float, f
 
 
 def register_task(task: tuple[np.ndarray, np.ndarray, tuple[float, float], dict[str, Any]]) -> TransformRecord:
-    """:func:`register_pair` on one ``(fixed, moving, spacing, params)`` task (picklable for the pool)."""
+    """Run :func:`register_pair` on one task (a module-level function, so the pool can pickle it).
+
+    Args:
+        task: ``(fixed, moving, spacing, params)``.
+
+    Returns:
+        The transform record.
+    """
     return register_pair(*task)
 
 
@@ -129,6 +143,10 @@ class RegistrationExecutor:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Run ``fn(*args)`` in a worker (or here, at once, when not isolated).
+
+        Args:
+            fn: a picklable function.
+            *args: its arguments.
 
         Returns:
             The future of its result.

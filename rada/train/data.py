@@ -61,13 +61,32 @@ class Batch:
 
 
 def iteration_rng(seed: int, rank: int, t: int) -> np.random.Generator:
-    """The generator of iteration ``t`` on ``rank``."""
+    """The random generator of one iteration on one rank (a resumed run draws the same).
+
+    Args:
+        seed: the run's seed.
+        rank: this process's rank.
+        t: the iteration.
+
+    Returns:
+        A generator seeded by ``(seed, rank, t)``.
+    """
     return np.random.default_rng([seed, rank, t])
 
 
 def crop_or_pad(arrays: Sequence[np.ndarray], patch: Sequence[int], rng: np.random.Generator,
                 pad_values: Sequence[float] | None = None) -> list[np.ndarray]:
-    """The same random ``patch`` window of every array (padded with ``pad_values`` where smaller)."""
+    """The same random ``patch`` window of every array.
+
+    Args:
+        arrays: arrays of one shape.
+        patch: the window size.
+        rng: the iteration's generator.
+        pad_values: per array, the value to pad with where it is smaller than ``patch`` (0).
+
+    Returns:
+        The windows, in the order of ``arrays``.
+    """
     shape = arrays[0].shape
     pad_values = pad_values or [0] * len(arrays)
     pads = centred_padding(shape, patch)
@@ -83,6 +102,13 @@ def rot_flip(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.
     """The same random rot90 in the axial (y, x) plane and flip of a (y or x) axis for all arrays.
 
     A non-square axial patch is only rotated by 0 or 180 degrees so its shape stays.
+
+    Args:
+        arrays: ``[z, y, x]`` arrays of one shape.
+        rng: the iteration's generator.
+
+    Returns:
+        The augmented arrays (contiguous copies).
     """
     _, ny, nx = arrays[0].shape
     k = int(rng.integers(0, 4)) if ny == nx else 2 * int(rng.integers(0, 2))
@@ -133,8 +159,18 @@ def sample_batch(data: TrainingData, t: int, decay: float, patch: Sequence[int],
 
 def pseudo_labels_from_propagation(result: object, annotation: SparseAnnotation,
                                    views: Sequence[View] = VIEWS) -> tuple[dict, dict, np.ndarray]:
-    """Per-view (labels, distance) from a ``rada.propagation.PropagationResult``; the annotated
-    planes are pasted (ground truth) onto every view's pseudo-label."""
+    """Per-view pseudo-labels and distances from a propagation, ready for training.
+
+    Args:
+        result: a :class:`rada.propagation.PropagationResult`.
+        annotation: the sparse annotation; its annotated voxels (the ground truth) are pasted
+            onto every view's pseudo-label.
+        views: the views to take.
+
+    Returns:
+        ``(labels, distance, annotated)``: uint8 labels and uint16 distances by view (unknown
+        distances become the largest, i.e. weight 0), and the bool mask of annotated voxels.
+    """
     known = annotation.known()
     labels, distance = {}, {}
     for v in views:
@@ -158,8 +194,21 @@ def _cache_key(image: np.ndarray, annotation: SparseAnnotation, config: object) 
 def cached_pseudo_labels(case_id: str, image, annotation: SparseAnnotation, cache_dir: str | os.PathLike,
                          propagate: Callable | None = None, config: object = None,
                          views: Sequence[View] = VIEWS) -> tuple[dict, dict, np.ndarray]:
-    """Pseudo-labels of one labeled case, computed once by propagation and cached in
-    ``cache_dir/<id>.npz`` (keyed by a hash of image, annotation and propagation config)."""
+    """Pseudo-labels of one labeled case, computed once by propagation and cached.
+
+    Args:
+        case_id: names the cache file, ``cache_dir/<id>.npz``.
+        image: the case's image.
+        annotation: its sparse annotation.
+        cache_dir: where the cache file lives; the file is keyed by a hash of image,
+            annotation and ``config``, so a change recomputes it.
+        propagate: the propagation function (default :func:`rada.propagation.propagate`).
+        config: its configuration (default :class:`rada.propagation.PropagationConfig`).
+        views: the views to return.
+
+    Returns:
+        As :func:`pseudo_labels_from_propagation`.
+    """
     cache = Path(cache_dir) / f"{case_id}.npz"
     key = _cache_key(image.array, annotation, config)
     if cache.exists():

@@ -126,7 +126,18 @@ class DatasetSpec:
 
 
 def read_dataset(path: str | os.PathLike, check_files: bool = True) -> DatasetSpec:
-    """Read and validate ``dataset.json`` (``path`` is the file or its folder)."""
+    """Read and validate a ``dataset.json``.
+
+    Args:
+        path: the file or its folder.
+        check_files: also check that every referenced file exists.
+
+    Returns:
+        The validated :class:`DatasetSpec`, paths relative to the file's folder.
+
+    Raises:
+        InputError: missing, not JSON, a missing field, or a bad case.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / DATASET_FILE
@@ -148,7 +159,15 @@ def read_dataset(path: str | os.PathLike, check_files: bool = True) -> DatasetSp
 
 
 def write_dataset(spec: DatasetSpec, folder: str | os.PathLike) -> Path:
-    """Write ``folder/dataset.json`` atomically."""
+    """Write ``folder/dataset.json`` atomically.
+
+    Args:
+        spec: the dataset.
+        folder: where the file goes (created if needed).
+
+    Returns:
+        The file's path.
+    """
     target = Path(folder) / DATASET_FILE
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(spec.as_json(), indent=2) + "\n", encoding="utf-8")
@@ -156,14 +175,31 @@ def write_dataset(spec: DatasetSpec, folder: str | os.PathLike) -> Path:
 
 
 def load_image(spec: DatasetSpec, case: CaseEntry) -> Volume:
-    """The case's image, z-scored, as float32."""
+    """The case's image, z-scored, as float32 (no protocol; see :func:`load_case`).
+
+    Args:
+        spec: the dataset.
+        case: one of its cases.
+
+    Returns:
+        The image volume.
+    """
     image = read_volume(spec.path(case.image))
     return image.with_array(zscore(image.array))
 
 
 def load_case(spec: DatasetSpec, case: CaseEntry, with_label: bool = False):
-    """A case after the dataset's protocol (:mod:`rada.protocol`): the z-scored image, its sparse
-    annotation (None if unlabeled) and, with ``with_label``, its dense label (None if absent)."""
+    """A case after the dataset's protocol (:mod:`rada.protocol`).
+
+    Args:
+        spec: the dataset.
+        case: one of its cases.
+        with_label: also read the dense label.
+
+    Returns:
+        The z-scored image, its sparse annotation (None if unlabeled) and the dense label
+        (None if absent or not asked for).
+    """
     raw = read_volume(spec.path(case.image))
     label = read_volume(spec.path(case.label)) if with_label and case.label is not None else None
     prepared = apply(spec.protocol, raw, load_annotation(spec, case), label)
@@ -172,7 +208,15 @@ def load_case(spec: DatasetSpec, case: CaseEntry, with_label: bool = False):
 
 
 def load_annotation(spec: DatasetSpec, case: CaseEntry) -> SparseAnnotation | None:
-    """The case's sparse annotation, or None for an unlabeled case."""
+    """The case's sparse annotation.
+
+    Args:
+        spec: the dataset.
+        case: one of its cases.
+
+    Returns:
+        The annotation, or None for an unlabeled case.
+    """
     if case.annotation is None:
         return None
     return SparseAnnotation(read_volume(spec.path(case.annotation)))

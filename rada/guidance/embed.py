@@ -203,7 +203,15 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
 # --- the cache file -------------------------------------------------------------------------
 
 def save_embeddings(emb: GuidanceEmbeddings, path: str | os.PathLike) -> Path:
-    """Write the embeddings (or the "off" record) to an ``.npz`` atomically (no pickle)."""
+    """Write the embeddings (or the "off" record) to an ``.npz`` atomically (no pickle).
+
+    Args:
+        emb: the embeddings.
+        path: the target file.
+
+    Returns:
+        ``path`` as a Path.
+    """
     target = Path(path)
     meta = {"format": FORMAT, "enabled": emb.enabled, "organ": emb.organ, "prompt": emb.prompt,
             "reason": emb.reason, "source": emb.source}
@@ -219,8 +227,17 @@ def save_embeddings(emb: GuidanceEmbeddings, path: str | os.PathLike) -> Path:
 
 
 def load_embeddings(path: str | os.PathLike) -> GuidanceEmbeddings:
-    """Read a file written by :func:`save_embeddings` (``rada embed``); a dataset folder means
-    its ``guidance_embeddings.npz``."""
+    """Read a file written by :func:`save_embeddings` (``rada embed``).
+
+    Args:
+        path: the file, or a dataset folder (its ``guidance_embeddings.npz``).
+
+    Returns:
+        The embeddings, or the "off" record with its reason.
+
+    Raises:
+        InputError: missing, unreadable, or not an embeddings file.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / DEFAULT_FILENAME

@@ -95,9 +95,18 @@ def binary_mask(mask: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def preprocess_mask(mask: np.ndarray | torch.Tensor | None, shape: tuple[int, int] | None = None,
                     size: int = IMAGE_SIZE) -> torch.Tensor:
-    """A 2D mask (or None = "no mask") -> Alpha-CLIP's region_mask input ``[1, size, size]``.
+    """A 2D mask as Alpha-CLIP's region-mask input (the paper's "alpha" channel).
 
-    ``mask=None`` gives the "whole image" region_mask, +1.923 everywhere (then ``shape`` is unused).
+    Args:
+        mask: the 2D structure mask, or None for "the whole image" (+1.923 everywhere).
+        shape: the image slice's shape, which the mask must match (unused for None).
+        size: the encoder's input side.
+
+    Returns:
+        float32 ``[1, size, size]``, ``(m - 0.5) / 0.26`` after padding to a square and resizing.
+
+    Raises:
+        InputError: not 2D, or a shape that differs from the slice.
     """
     if mask is None:
         return torch.full((1, size, size), MASK_FOREGROUND, dtype=torch.float32)
@@ -117,7 +126,17 @@ def preprocess_mask(mask: np.ndarray | torch.Tensor | None, shape: tuple[int, in
 def preprocess_pair(image_slice: np.ndarray, mask: np.ndarray | torch.Tensor | None,
                     size: int = IMAGE_SIZE, percentiles: Sequence[float] = PERCENTILES
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """An image slice and its mask (or None) -> (``[3, S, S]`` image, ``[1, S, S]`` region_mask)."""
+    """An image slice and its mask, ready for the Alpha-CLIP visual encoder.
+
+    Args:
+        image_slice: the 2D image slice.
+        mask: its structure mask, or None (the whole image).
+        size: the encoder's input side ``S``.
+        percentiles: the intensity window of the slice.
+
+    Returns:
+        ``([3, S, S]`` image, ``[1, S, S]`` region mask).
+    """
     image = preprocess_image(image_slice, size, percentiles)
     region_mask = preprocess_mask(mask, tuple(np.shape(image_slice)), size)
     return image, region_mask

@@ -32,7 +32,14 @@ class DistInfo:
 
 
 def init_distributed(device: torch.device | None = None) -> DistInfo:
-    """Join the torchrun job described by the environment, if any (idempotent)."""
+    """Join the torchrun job described by the environment, if any (idempotent).
+
+    Args:
+        device: this process's device (CUDA: NCCL, otherwise gloo).
+
+    Returns:
+        This process's place in the job (rank 0 of 1 without torchrun).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -44,12 +51,25 @@ def init_distributed(device: torch.device | None = None) -> DistInfo:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank (nothing without distribution).
+
+    Args:
+        info: this process's place in the job.
+    """
     if info.enabled and dist.is_initialized():
         dist.barrier()
 
 
 def all_gather_objects(obj: object, info: DistInfo) -> list:
-    """Every rank's ``obj`` (a one-element list without distribution)."""
+    """Gather one picklable object from every rank.
+
+    Args:
+        obj: this rank's object.
+        info: this process's place in the job.
+
+    Returns:
+        Every rank's ``obj`` in rank order (a one-element list without distribution).
+    """
     if not info.enabled:
         return [obj]
     out: list = [None] * info.world_size

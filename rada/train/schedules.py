@@ -13,7 +13,15 @@ from rada.errors import InputError
 
 
 def sigmoid_ramp(x: float, length: float) -> float:
-    """``exp(-5 (1 - clip(x, 0, L) / L)^2)``; 1 when ``length`` is 0."""
+    """The sigmoid ramp-up of Laine & Aila, ``exp(-5 (1 - clip(x, 0, L) / L)^2)``.
+
+    Args:
+        x: the position on the ramp.
+        length: ``L``, where the ramp reaches 1.
+
+    Returns:
+        A value in (0, 1]; 1 when ``length`` is 0.
+    """
     if length <= 0:
         return 1.0
     p = min(max(float(x), 0.0), float(length)) / float(length)
@@ -54,7 +62,15 @@ class ScheduleConfig:
 
 
 def learning_rate(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
-    """Step schedule applied to ALL optimisers: ``base_lr * gamma^(#milestones <= t)``."""
+    """Step schedule applied to ALL optimisers: ``base_lr * gamma^(#milestones <= t)``.
+
+    Args:
+        t: the iteration.
+        cfg: the schedule.
+
+    Returns:
+        The learning rate at ``t``.
+    """
     return cfg.base_lr * cfg.lr_gamma ** sum(t >= m for m in cfg.lr_milestones)
 
 
@@ -81,12 +97,28 @@ def distance_decay(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
 
 
 def beta(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
-    """Unsupervised weight ``beta_max * ramp(t // 150, 40)``."""
+    """Unsupervised weight ``beta_max * ramp(t // 150, 40)``.
+
+    Args:
+        t: the iteration.
+        cfg: the schedule.
+
+    Returns:
+        The weight of the cross-view loss at ``t``.
+    """
     return cfg.beta_max * sigmoid_ramp(t // cfg.beta_step, cfg.beta_steps)
 
 
 def entropy_threshold(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
-    """Certainty threshold on the teachers' entropy (nats): ``(0.75 + 0.25 ramp(t, T)) ln 2``."""
+    """Certainty threshold on the teachers' entropy: ``(0.75 + 0.25 ramp(t, T)) ln 2``.
+
+    Args:
+        t: the iteration.
+        cfg: the schedule.
+
+    Returns:
+        The threshold in nats.
+    """
     length = cfg.iterations if cfg.entropy_ramp is None else cfg.entropy_ramp
     return (cfg.entropy_base + cfg.entropy_gain * sigmoid_ramp(t, length)) * math.log(2.0)
 

@@ -25,16 +25,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from rada.device import select_device
 from rada.errors import InputError
 from rada.nets.triview import ModelConfig, TriViewModel
 from rada.patches import check_patch_size
-from rada.views import VIEWS
 from rada.train import schedules as S
 from rada.train.checkpoint import load_checkpoint, save_checkpoint
 from rada.train.cotraining import certainty_mask, teacher_mean_probability, view_losses
 from rada.train.data import Batch, TrainingData, sample_batch
-from rada.device import select_device
 from rada.train.distributed import DistInfo, all_gather_objects, barrier, init_distributed
+from rada.views import VIEWS
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.csv"

@@ -44,8 +44,7 @@ def la_case(la_dir: Path, cid: str, labeled: bool):
 @pytest.fixture(scope="module")
 def la_data(la_dir, la_case_ids) -> TrainingData:
     ids = la_case_ids
-    return TrainingData([la_case(la_dir, c, True) for c in ids[:2]], [la_case(la_dir, c, False) for c in ids[2:4]],
-                        list(ids[2:4]))
+    return TrainingData([la_case(la_dir, c, True) for c in ids[:2]], [la_case(la_dir, c, False) for c in ids[2:4]])
 
 
 def tiny_config(iterations: int, guidance: bool = False, **kw) -> TrainConfig:

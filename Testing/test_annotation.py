@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rada.annotation import IGNORE, SparseAnnotation, pick_largest_slices
+from rada.annotation import IGNORE, SparseAnnotation, pick_largest_slices, take_slice
 from rada.errors import InputError
 from rada.io import read_volume
+from rada.views import AXIS_OF, VIEW_NAMES, VIEW_OF_AXIS, VIEWS
 from rada.volume import Volume
 
 
@@ -79,7 +80,7 @@ def test_every_validation_error_is_one_clear_line(case, message):
     if case == "bad_values":
         arr[0, 0, 0] = 7
     elif case == "no_axial":
-        arr[9] = np.where(arr[9] == 0, IGNORE, arr[9])  # an axial plane with holes is not annotated
+        arr[9, 0, 0] = IGNORE  # an axial plane with a hole is not annotated (the other planes still are)
     elif case == "no_sagittal":
         arr = np.full(fg.shape, IGNORE, np.uint8)
         arr[9], arr[:, 12] = fg[9], fg[:, 12]
@@ -103,3 +104,16 @@ def test_from_dense_rejects_empty_labels_and_out_of_range_slices():
         SparseAnnotation.from_dense(Volume(_ellipsoid().astype(np.uint8)), "15,12")
     with pytest.raises(InputError, match="is not annotated"):
         SparseAnnotation.from_dense(Volume(_ellipsoid().astype(np.uint8))).slice_mask("axial", 3)
+
+
+def test_views_have_one_order_and_an_explicit_array_axis():
+    """The view order (s, c, a) and the array axis of each view are two different things."""
+    assert VIEW_NAMES == ("sagittal", "coronal", "axial")
+    assert [v.name for v in VIEWS] == list(VIEW_NAMES) and all(v.axis == AXIS_OF[v.name] for v in VIEWS)
+    assert all(VIEW_OF_AXIS[AXIS_OF[name]] == name for name in VIEW_NAMES)
+    volume = np.zeros((4, 5, 6))  # [z, y, x]: an axial slice is y x, a coronal one z x, a sagittal one z y
+    shapes = {name: take_slice(volume, AXIS_OF[name], 0).shape for name in VIEW_NAMES}
+    assert shapes == {"axial": (5, 6), "coronal": (4, 6), "sagittal": (4, 5)}
+    fg = np.zeros((4, 5, 6), bool)
+    fg[1:3, 1:4, 2:5] = True
+    assert list(SparseAnnotation.from_dense(Volume(fg.astype(np.uint8))).slices()) == list(VIEW_NAMES)

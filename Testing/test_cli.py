@@ -75,7 +75,7 @@ def test_segment_refuses_a_painting_missing_an_axis(tmp_path, capsys):
     write_volume(truth.with_array(paint), tmp_path / "paint.nrrd")
     assert main(["segment", str(tmp_path / "image.nrrd"), "--annotation", str(tmp_path / "paint.nrrd"),
                  "--out", str(tmp_path / "out.nrrd")]) == 2
-    assert "no annotated coronal slice" in capsys.readouterr().err
+    assert "no annotated sagittal slice" in capsys.readouterr().err
     assert not (tmp_path / "out.nrrd").exists()
 
 

@@ -157,7 +157,7 @@ def test_gpu_profile_runs_on_cpu_with_tiny_settings():
     annotation = SparseAnnotation.from_dense(truth)
     cfg = FinetuneConfig.gpu(device="cpu", width=4, patch_size=(32, 32, 32), iterations=4, registration_workers=1,
                              guidance=False, unlabeled_batch=1, labeled_batch=1, teacher_passes=2)
-    assert cfg.scale == 1.0 and cfg.registration == "full" and cfg.dropout == 0.5 and cfg.lr_decay
+    assert cfg.scale == 1.0 and cfg.registration_resolution == "full" and cfg.dropout == 0.5 and cfg.lr_decay
     result = finetune_case(image, annotation, cfg)
     assert result.probability.shape == image.shape and result.probability.dtype == np.float32
     assert 0.0 <= float(result.probability.min()) and float(result.probability.max()) <= 1.0

@@ -8,8 +8,8 @@ import torch
 
 from rada.errors import InputError
 from rada.guidance.preprocess import (
-    ALPHA_BACKGROUND,
-    ALPHA_FOREGROUND,
+    MASK_BACKGROUND,
+    MASK_FOREGROUND,
     CLIP_MEAN,
     CLIP_STD,
     binary_mask,
@@ -23,8 +23,8 @@ FG, BG = 1.9230769230769231, -1.9230769230769231
 
 
 def test_alpha_constants_are_alpha_clips() -> None:
-    assert ALPHA_FOREGROUND == pytest.approx(FG, abs=1e-12)
-    assert ALPHA_BACKGROUND == pytest.approx(BG, abs=1e-12)
+    assert MASK_FOREGROUND == pytest.approx(FG, abs=1e-12)
+    assert MASK_BACKGROUND == pytest.approx(BG, abs=1e-12)
 
 
 def test_mask_values_are_exactly_plus_minus_1923() -> None:

@@ -8,10 +8,11 @@ import torch
 
 from rada.annotation import SparseAnnotation
 from rada.errors import InputError
-from rada.infer import (InferenceConfig, importance_map, load_model, model_predictor, predict, sliding_window,
-                        window_starts)
-from rada.nets import VIEWS, ModelConfig, TriViewModel
+from rada.infer import (InferenceConfig, importance_map, load_model, model_predictor, predict, predict_probability,
+                        sliding_window, window_starts)
+from rada.nets import ModelConfig, TriViewModel
 from rada.train.checkpoint import save_checkpoint
+from rada.views import VIEWS
 from rada.volume import Volume
 
 
@@ -85,3 +86,15 @@ def test_predict_from_a_checkpoint_keeps_the_grid(tmp_path, guidance):
     assert torch.allclose(mean, torch.stack([torch.softmax(model(x, v.name), 1) for v in VIEWS]).mean(0), atol=1e-5)
     with pytest.raises(InputError, match="view"):
         model_predictor(loaded, "oblique")
+
+
+@pytest.mark.parametrize("patch", [(24, 16, 16), (16, 16, 8), (16, 16)])
+def test_a_patch_the_vnet_cannot_take_is_a_clear_input_error(patch):
+    """Sides that are not multiples of 16 (the V-Net halves them four times) are refused by name,
+    not left to fail deep inside a convolution."""
+    model = TriViewModel(ModelConfig.make(width=2, guidance=False)).eval()
+    image = np.zeros((20, 20, 20), np.float32)
+    with pytest.raises(InputError, match="three multiples of 16") as err:
+        predict_probability(model, image, InferenceConfig(device="cpu", patch_size=patch))
+    assert "\n" not in str(err.value)
+    assert predict_probability(model, image, InferenceConfig(device="cpu", patch_size=(16, 16, 16))).shape == image.shape

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from rada.errors import InputError
 from rada.io import Segment, Segmentation, read_segmentation, read_volume, write_segmentation, write_volume
+from rada.safe_write import atomic_folder
 from rada.volume import Volume
 
 
@@ -148,3 +149,21 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
     with pytest.raises(InputError, match="cannot write"):
         write_volume(vol, tmp_path / "v.unknownformat")
     assert os.listdir(tmp_path) == []
+
+
+def test_atomic_folder_is_all_or_nothing(tmp_path):
+    """A folder of several files (a cached registration) appears whole or not at all."""
+    with atomic_folder(tmp_path / "done") as tmp:
+        (tmp / "a").write_bytes(b"1")
+        (tmp / "b").write_bytes(b"2")
+    assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["a", "b"]
+    with pytest.raises(RuntimeError):
+        with atomic_folder(tmp_path / "failed") as tmp:
+            (tmp / "a").write_bytes(b"1")
+            raise RuntimeError("the writer failed half-way")
+    with pytest.raises(InputError, match="cannot write .*done"):  # another writer got there first: theirs stays
+        with atomic_folder(tmp_path / "done") as tmp:
+            (tmp / "c").write_bytes(b"3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done"]  # no temporary folder left behind
+    assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["a", "b"]
+

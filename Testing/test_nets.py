@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from rada.nets import (VIEWS, Adapter, GuidanceHead, HeadConfig, ModelConfig, TriViewModel, VNet, VNetConfig,
+from rada.nets import (Adapter, GuidanceHead, HeadConfig, ModelConfig, TriViewModel, VNet, VNetConfig,
                        ViewNet, count_parameters)
+from rada.views import VIEWS
 
 
 def _convs(module: nn.Module, kind=nn.Conv3d) -> list[nn.Module]:

@@ -10,19 +10,20 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-import rada.propagation as prop
-from rada.annotation import AXES, IGNORE, SparseAnnotation, take_slice
+import rada.propagation.registration as registration
+from rada.annotation import IGNORE, SparseAnnotation, take_slice
 from rada.errors import InputError
 from rada.io import read_volume
 from rada.metrics import dice
 from rada.propagation import (
     PropagationConfig,
     RegistrationCache,
-    alpha_weights,
     load_propagation,
     propagate,
     save_propagation,
 )
+from rada.train.schedules import voxel_weights
+from rada.views import AXIS_OF
 from rada.volume import Volume
 
 #: Fused Dice on the small real LA case: measured 0.860 (views 0.785-0.882) with seed 0,
@@ -78,39 +79,39 @@ def _identity_registration(monkeypatch) -> list[int]:
     def fake(fixed, moving, spacing, params):
         calls.append(1)
         return ()
-    monkeypatch.setattr(prop, "_register_pair", fake)
+    monkeypatch.setattr(registration, "register_pair", fake)
     return calls
 
 
 # --- weights and distances ----------------------------------------------------------------
 
-def test_alpha_weights_formula():
+def test_voxel_weights_formula():
     rng = np.random.default_rng(0)
     d = rng.integers(0, 40, size=(5, 6, 7)).astype(np.int16)
     known = rng.random((5, 6, 7)) < 0.2
     for alpha in (0.95, 0.5, 0.0735, 1.0):
-        w = alpha_weights(d, known, alpha)
+        w = voxel_weights(d, known, alpha)
         assert w.dtype == np.float32 and w.shape == d.shape
         expected = np.where(known, 1.0, np.float32(alpha) ** d.astype(np.float64))
         np.testing.assert_allclose(w, expected, rtol=1e-6, atol=1e-30)  # float32 underflows
-    assert alpha_weights(np.zeros((2, 2, 2)), np.zeros((2, 2, 2), bool), 0.3).min() == 1.0  # alpha**0
+    assert voxel_weights(np.zeros((2, 2, 2)), np.zeros((2, 2, 2), bool), 0.3).min() == 1.0  # alpha**0
     with pytest.raises(InputError):
-        alpha_weights(d, known[:-1], 0.9)
+        voxel_weights(d, known[:-1], 0.9)
     with pytest.raises(InputError):
-        alpha_weights(d, known, 1.5)
+        voxel_weights(d, known, 1.5)
 
 
 def test_distance_is_slices_to_nearest_seed_and_weight_one_on_annotated(la_sequential):
     result, ann, _ = la_sequential
     known = ann.known()
     for name, view in result.views.items():
-        a = AXES[name]
+        a = AXIS_OF[name]
         assert view.axis == name and view.distance.dtype == np.int16
         seeds = np.asarray(ann.annotated_slices(a))
         for i in range(view.distance.shape[a]):
             plane = take_slice(view.distance, a, i)
             assert (plane == np.abs(seeds - i).min()).all()
-        w = alpha_weights(view.distance, known, 0.9)
+        w = voxel_weights(view.distance, known, 0.9)
         assert (w[known] == 1.0).all()  # all three annotated planes, not only the seed's
         off = ~known
         np.testing.assert_allclose(w[off], np.float32(0.9) ** view.distance[off].astype(np.float32), rtol=1e-6)
@@ -210,8 +211,8 @@ def test_cache_reuse_and_refinement(la_small, la_sequential, tmp_path):
     again_disk = propagate(image, ann, PropagationConfig(workers=1), cache=disk)
     assert again_disk.stats["registrations_run"] == 0
     np.testing.assert_array_equal(again_disk.fused, first.fused)
-    # Another preset is another registration: no stale hit.
-    fast = propagate(image, ann, PropagationConfig(workers=1, preset="fast", margin=0), cache=cache)
+    # Another resolution is another registration: no stale hit.
+    fast = propagate(image, ann, PropagationConfig(workers=1, resolution="half", margin=0), cache=cache)
     assert fast.stats["registrations_cached"] == 0
 
 
@@ -222,7 +223,7 @@ def test_propagation_stops_at_extent(la_small, la_sequential):
     result, ann, _ = la_sequential
     extent = ann.extent()
     for name, view in result.views.items():
-        a = AXES[name]
+        a = AXIS_OF[name]
         assert result.stats["ranges"][name] == [extent[a].start, extent[a].stop]
         outside = np.ones(image.shape[a], bool)
         outside[extent[a]] = False
@@ -304,11 +305,11 @@ def test_single_slice_volume_is_returned_as_annotated():
 def test_syn_transform_works():
     image, label = ellipsoid(shape=(20, 26, 26), radii=(7.0, 9.0, 8.0))
     ann = SparseAnnotation.from_dense(label)
-    # The half-resolution "fast" registration preset is not checked here: on slices this small
+    # The half-resolution registration is not checked here: on slices this small
     # (13x13 after downsampling) it gives Dice 0.57, so it is only meant for large slices.
     for cfg in (PropagationConfig(workers=1, transform="SyN"),):
         result = propagate(image, ann, cfg)
-        assert result.stats["transform"] == cfg.transform and result.stats["preset"] == cfg.preset
+        assert result.stats["transform"] == cfg.transform and result.stats["resolution"] == cfg.resolution
         assert result.stats["registrations_run"] > 20 and result.stats["identity_transforms"] == 0
         # Measured on this 20x26x26 ellipsoid: SyN 0.826; the SyNRA default
         # is held to a tighter bound in test_synthetic_ellipsoid_propagates_accurately.
@@ -339,7 +340,7 @@ def test_bad_input_is_an_input_error():
     image, label = ellipsoid(shape=(12, 14, 16), radii=(4.0, 5.0, 5.0))
     ann = SparseAnnotation.from_dense(label)
     only_axial = SparseAnnotation.from_dense(label, {"axial": 6})
-    with pytest.raises(InputError, match="coronal"):
+    with pytest.raises(InputError, match="sagittal"):
         propagate(image, only_axial)
     shifted = Volume(image.array, origin=(1.0, 0.0, 0.0))
     with pytest.raises(InputError, match="geometry"):
@@ -353,7 +354,7 @@ def test_bad_input_is_an_input_error():
         propagate(image, SparseAnnotation(label.with_array(empty)))
     with pytest.raises(InputError):
         propagate(image.array, ann)  # type: ignore[arg-type]
-    for bad in ({"transform": "Affine"}, {"preset": "slow"}, {"workers": 0}, {"kernel": 4}, {"margin": -1},
+    for bad in ({"transform": "Affine"}, {"resolution": "slow"}, {"workers": 0}, {"kernel": 4}, {"margin": -1},
                 {"percentiles": (50.0, 10.0)}, {"seed": -1}, {"start_method": "nope"}):
         with pytest.raises(InputError):
             propagate(image, ann, PropagationConfig(**bad))

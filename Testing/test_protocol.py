@@ -92,7 +92,7 @@ def test_dataset_protocol_option_is_validated_and_applied(ct_dir, tmp_path):
 
 
 def test_inference_honours_the_checkpoint_spacing_and_returns_the_input_grid(ct):
-    from rada.dataset import zscore
+    from rada.intensity import zscore
     from rada.infer import InferenceConfig, predict, predict_probability
 
     image, label, annotation = ct

@@ -11,7 +11,7 @@ import rada.train.data as train_data
 from rada.annotation import SparseAnnotation
 from rada.cli import main
 from rada.io import read_volume
-from rada.nets import VIEWS
+from rada.views import VIEWS
 from rada.volume import Volume
 
 

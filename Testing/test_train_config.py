@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from rada.errors import InputError
-from rada.nets import VIEWS, ModelConfig
+from rada.nets import ModelConfig
 from rada.train import ScheduleConfig, TrainConfig, TrainingData, load_checkpoint, train
 from rada.train.config import config_to_dict, load_config
 from rada.train.guidance_choice import choose_guidance, with_guidance
 from rada.train.run_log import read_log
 from rada.train.validation import ValidationCase, validate
+from rada.views import VIEWS
 
 from test_train_method import _data
 
@@ -223,6 +224,6 @@ def test_scaled_schedule_keeps_the_shape_of_the_paper_schedule():
     assert (short.alpha_refresh, short.alpha_step, short.beta_step) == (100, 15, 15)
     for t in (0, 100, 250, 300, 500, 599):  # the same values at the same fraction of the run
         assert S.learning_rate(t, short) == pytest.approx(S.learning_rate(10 * t, full))
-        assert S.alpha(t, short) == pytest.approx(S.alpha(10 * t, full))
+        assert S.distance_decay(t, short) == pytest.approx(S.distance_decay(10 * t, full))
         assert S.beta(t, short) == pytest.approx(S.beta(10 * t, full))
         assert S.entropy_threshold(t, short) == pytest.approx(S.entropy_threshold(10 * t, full))

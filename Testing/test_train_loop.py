@@ -14,13 +14,14 @@ import torch
 
 from rada.annotation import SparseAnnotation
 from rada.errors import InputError
+from rada.intensity import zscore
 from rada.io import read_volume
-from rada.dataset import zscore
-from rada.nets import VIEWS, ModelConfig
+from rada.nets import ModelConfig
 from rada.volume import Volume
 from rada.train import LabeledCase, ScheduleConfig, TrainConfig, Trainer, TrainingData, load_checkpoint, train
 from rada.train.run_log import read_log
 from rada.train.validation import ValidationCase
+from rada.views import VIEWS
 
 DOWN = (slice(None, None, 2), slice(None, None, 3), slice(None, None, 3))  # 88x140x180 -> 44x47x60
 
@@ -44,8 +45,7 @@ def la_case(la_dir: Path, cid: str, labeled: bool):
 @pytest.fixture(scope="module")
 def la_data(la_dir, la_case_ids) -> TrainingData:
     ids = la_case_ids
-    return TrainingData([la_case(la_dir, c, True) for c in ids[:2]], [la_case(la_dir, c, False) for c in ids[2:4]],
-                        list(ids[2:4]))
+    return TrainingData([la_case(la_dir, c, True) for c in ids[:2]], [la_case(la_dir, c, False) for c in ids[2:4]])
 
 
 def tiny_config(iterations: int, guidance: bool = False, **kw) -> TrainConfig:

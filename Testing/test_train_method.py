@@ -22,12 +22,13 @@ import pytest
 import torch
 from torch import nn
 
-from rada.nets import VIEWS, ModelConfig, ViewNet
+from rada.nets import ModelConfig, ViewNet
 from rada.nets.vnet import VNet, VNetConfig
 from rada.train import LabeledCase, TrainConfig, Trainer, TrainingData
 from rada.train.cotraining import teacher_mean_probability
 from rada.train.data import rot_flip
 from rada.train.trainer import _iteration_seed
+from rada.views import VIEWS
 
 PATCH = (16, 32, 32)
 
@@ -216,7 +217,7 @@ def test_a_training_step_updates_bn_statistics_from_the_student_batch_only(data,
     replay = copy.deepcopy(trainer.model)
     trainer.step(0)
     torch.manual_seed(_iteration_seed(cfg.seed, 0, 0))
-    batch = sample_batch(data, 0, S.alpha(0, cfg.schedule), cfg.patch_size, cfg.labeled_batch,
+    batch = sample_batch(data, 0, S.distance_decay(0, cfg.schedule), cfg.patch_size, cfg.labeled_batch,
                          cfg.unlabeled_batch, cfg.seed, 0, cfg.augment, replay.views)
     x = torch.from_numpy(batch.image)
     replay.train()

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from rada.nets import VIEWS, ModelConfig, ViewNet
+from rada.nets import ModelConfig, ViewNet
 from rada.train import schedules as S
 from rada.train.cotraining import (certainty_mask, frozen_bn_stats, noisy_copies, teacher_mean_probability,
                                    view_losses)
 from rada.train.data import LabeledCase, TrainingData, crop_or_pad, rot_flip, sample_batch
 from rada.train.losses import (entropy, masked_cross_entropy, supervised_loss, weighted_cross_entropy,
                                weighted_dice_loss)
+from rada.views import VIEWS
 
 # --- losses ------------------------------------------------------------------------------
 
@@ -83,7 +84,7 @@ def test_alpha_schedule_matches_method():
     expected = {0: 0.95, 999: 0.95, 1000: 0.946, 1999: 0.946, 2000: 0.761, 3000: 0.5, 4000: 0.273,
                 5000: 0.074, 6000: 0.0}
     for t, a in expected.items():
-        assert S.alpha(t) == pytest.approx(a, abs=5e-4), t
+        assert S.distance_decay(t) == pytest.approx(a, abs=5e-4), t
 
 
 def test_beta_lr_entropy_schedules():
@@ -117,16 +118,16 @@ def _coded_case(shape=(20, 24, 24)) -> LabeledCase:
 
 def test_sample_batch_shapes_determinism_and_consistency():
     data = TrainingData([_coded_case()], [np.zeros((20, 24, 24), np.float32) + 7])
-    b = sample_batch(data, t=3, alpha=0.9, patch=(16, 16, 16), seed=0)
+    b = sample_batch(data, t=3, decay=0.9, patch=(16, 16, 16), seed=0)
     assert b.image.shape == (4, 1, 16, 16, 16) and b.n_labeled == 2
     assert all(b.labels[v.name].shape == (2, 16, 16, 16) for v in VIEWS)
     assert np.all(b.image[2:] == 7)  # unlabeled stream
-    again = sample_batch(data, t=3, alpha=0.9, patch=(16, 16, 16), seed=0)
+    again = sample_batch(data, t=3, decay=0.9, patch=(16, 16, 16), seed=0)
     assert np.array_equal(b.image, again.image) and np.array_equal(b.weights["axial"], again.weights["axial"])
-    other = sample_batch(data, t=4, alpha=0.9, patch=(16, 16, 16), seed=0)
+    other = sample_batch(data, t=4, decay=0.9, patch=(16, 16, 16), seed=0)
     assert not np.array_equal(b.image[:2], other.image[:2])
     for t in range(8):  # labels follow the image through crop, rot90 and flip
-        bt = sample_batch(data, t=t, alpha=0.9, patch=(16, 16, 16), seed=0)
+        bt = sample_batch(data, t=t, decay=0.9, patch=(16, 16, 16), seed=0)
         for j, v in enumerate(VIEWS):
             assert np.array_equal(bt.labels[v.name], (bt.image[:2, 0] > 0.3 * j).astype(np.int64))
         w = bt.weights["sagittal"]

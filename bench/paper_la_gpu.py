@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from rada.dataset import read_dataset
     from rada.nets import ModelConfig
     from rada.train import ScheduleConfig, TrainConfig, Trainer, load_training_data
-    from rada.train.distributed import select_device
+    from rada.device import select_device
     from rada.train.guidance_choice import choose_guidance, with_guidance
     from rada.train.validation import validate
     from reduced_la import shrink_dataset

@@ -14,7 +14,7 @@ time ratio (this process plus its joined worker processes) does not.
 
     python bench/propagation.py [--cases N] [--data DIR] [--fast] [--json OUT]
 
-``--fast`` adds a third column set for ``PropagationConfig(preset="fast")``.
+``--fast`` adds a third column set for ``PropagationConfig(resolution="half")``.
 """
 
 from __future__ import annotations
@@ -66,14 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--cases", type=int, default=5, help="how many of the last cases of cases.list")
-    ap.add_argument("--fast", action="store_true", help="also run the fast preset")
+    ap.add_argument("--fast", action="store_true", help="also run the half-resolution registration")
     ap.add_argument("--json", type=Path, help="write the rows here too")
     args = ap.parse_args(argv)
 
     ids = (args.data / "cases.list").read_text(encoding="utf-8").split()[-args.cases:]
     configs = {"reference": REFERENCE, "rada": PropagationConfig()}
     if args.fast:
-        configs["rada-fast"] = PropagationConfig(preset="fast")
+        configs["rada-fast"] = PropagationConfig(resolution="half")
     print(f"cores available: {PropagationConfig().n_workers()}; cases: {', '.join(ids)}", file=sys.stderr)
 
     rows = []

@@ -33,7 +33,7 @@ MODES = ("reference", "ours-seq", "ours")
 
 
 def _data(patch, seed=0):
-    from rada.nets import VIEWS
+    from rada.views import VIEWS
     from rada.train import LabeledCase, TrainingData
 
     rng = np.random.default_rng(seed)
@@ -53,7 +53,7 @@ def reference_step(trainer, t: int) -> None:
     from rada.train.losses import masked_cross_entropy, supervised_loss
 
     cfg, sch = trainer.config, trainer.config.schedule
-    batch = sample_batch(trainer.data, t, S.alpha(t, sch), cfg.patch_size, cfg.labeled_batch, cfg.unlabeled_batch)
+    batch = sample_batch(trainer.data, t, S.distance_decay(t, sch), cfg.patch_size, cfg.labeled_batch, cfg.unlabeled_batch)
     x, labels, weights = trainer._to_device(batch)
     nl, b, thr = batch.n_labeled, S.beta(t, sch), S.entropy_threshold(t, sch)
     names = list(trainer.model.nets)

@@ -2,8 +2,9 @@
 
 On disk and in memory a sparse annotation is a uint8 label volume on the image grid:
 ``1`` = structure, ``0`` = background, ``255`` = not annotated (nnU-Net v2's ignore label).
-A slice is *annotated* when it holds no 255. Axis names follow METHOD.md: for an array in
-SimpleITK order ``[z, y, x]``, axial = fixed z, coronal = fixed y, sagittal = fixed x.
+A slice is *annotated* when it holds no 255. Axes are named by their view
+(:mod:`rada.views`): for an array in SimpleITK order ``[z, y, x]``, axial = fixed z,
+coronal = fixed y, sagittal = fixed x.
 """
 
 from __future__ import annotations
@@ -14,28 +15,44 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from rada.errors import InputError
+from rada.views import AXIS_OF, VIEW_NAMES, VIEW_OF_AXIS
 from rada.volume import Volume
 
 BACKGROUND, FOREGROUND, IGNORE = 0, 1, 255
 
-#: Array axis of each view's fixed index, in ``[z, y, x]`` order.
-AXES: dict[str, int] = {"axial": 0, "coronal": 1, "sagittal": 2}
-AXIS_NAMES: tuple[str, str, str] = ("axial", "coronal", "sagittal")
-
 
 def axis_index(axis: int | str) -> int:
-    """Array axis (0, 1, 2) of an axis given by number or by name."""
+    """Array axis (0, 1, 2) of an axis given by number or by view name.
+
+    Args:
+        axis: 0, 1, 2, or a view name (:data:`rada.views.VIEW_NAMES`).
+
+    Returns:
+        The array axis in ``[z, y, x]`` order.
+
+    Raises:
+        InputError: an unknown name or number.
+    """
     if isinstance(axis, str):
-        if axis not in AXES:
-            raise InputError(f"unknown axis {axis!r}; use one of {', '.join(AXES)}")
-        return AXES[axis]
+        if axis not in AXIS_OF:
+            raise InputError(f"unknown axis {axis!r}; use one of {', '.join(VIEW_NAMES)}")
+        return AXIS_OF[axis]
     if axis not in (0, 1, 2):
         raise InputError(f"axis must be 0, 1 or 2, got {axis}")
     return int(axis)
 
 
 def take_slice(array: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """The 2D slice ``index`` of ``array`` along array ``axis`` (a view, not a copy)."""
+    """The 2D slice ``index`` of ``array`` along array ``axis``.
+
+    Args:
+        array: a 3D array.
+        axis: the array axis.
+        index: the slice index on that axis.
+
+    Returns:
+        The slice, a view of ``array`` (not a copy).
+    """
     return array[(slice(None),) * axis + (index,)]
 
 
@@ -64,20 +81,38 @@ class SparseAnnotation:
         return self.labels.shape
 
     def annotated_slices(self, axis: int | str) -> list[int]:
-        """Indices of the slices along ``axis`` that carry no 'not annotated' voxel."""
+        """The annotated slices along one axis.
+
+        Args:
+            axis: array axis or view name.
+
+        Returns:
+            Ascending indices of the slices that carry no 'not annotated' (255) voxel.
+        """
         a = axis_index(axis)
         other = tuple(i for i in range(3) if i != a)
         return np.flatnonzero(~(self.array == IGNORE).any(axis=other)).tolist()
 
     def slices(self) -> dict[str, list[int]]:
         """Annotated slice indices for every axis, by axis name."""
-        return {name: self.annotated_slices(name) for name in AXIS_NAMES}
+        return {name: self.annotated_slices(name) for name in VIEW_NAMES}
 
     def slice_mask(self, axis: int | str, index: int) -> np.ndarray:
-        """The 0/1 structure mask of one annotated slice (bool, 2D)."""
+        """The structure mask of one annotated slice.
+
+        Args:
+            axis: array axis or view name.
+            index: an annotated slice on that axis.
+
+        Returns:
+            bool 2D mask, True on structure.
+
+        Raises:
+            InputError: the slice is not annotated.
+        """
         a = axis_index(axis)
         if index not in self.annotated_slices(a):
-            raise InputError(f"slice {index} of the {AXIS_NAMES[a]} axis is not annotated")
+            raise InputError(f"slice {index} of the {VIEW_OF_AXIS[a]} axis is not annotated")
         return take_slice(self.array, a, index) == FOREGROUND
 
     def known(self) -> np.ndarray:
@@ -85,11 +120,36 @@ class SparseAnnotation:
         return self.array != IGNORE
 
     def foreground(self) -> np.ndarray:
+        """Bool mask of every voxel annotated as structure."""
         return self.array == FOREGROUND
 
+    def paste(self, label: np.ndarray) -> np.ndarray:
+        """Put the annotated voxels' values (the ground truth) into a dense 0/1 label.
+
+        Args:
+            label: a 0/1 label on the annotation's grid; changed in place.
+
+        Returns:
+            ``label``, every annotated voxel now exactly as annotated.
+        """
+        known = self.known()
+        label[known] = self.array[known]
+        return label
+
     def validate(self, image: Volume | None = None,
-                 required_axes: Sequence[str] = AXIS_NAMES) -> "SparseAnnotation":
-        """Check the annotation is usable; raise :class:`InputError` with one line otherwise."""
+                 required_axes: Sequence[str] = VIEW_NAMES) -> "SparseAnnotation":
+        """Check the annotation is usable.
+
+        Args:
+            image: when given, the annotation must lie on its grid.
+            required_axes: views that need at least one annotated slice, checked in this order.
+
+        Returns:
+            Self.
+
+        Raises:
+            InputError: one line naming the first problem (grid, missing view, no structure).
+        """
         if image is not None:
             mismatch = image.grid_mismatch(self.labels)
             if mismatch:
@@ -121,8 +181,17 @@ class SparseAnnotation:
                    foreground_value: int | None = None) -> "SparseAnnotation":
         """Simulate the annotation protocol from a dense label.
 
-        ``slices="auto"`` picks, per axis, the slice with the largest foreground area; a
-        mapping ``{"axial": 40, "coronal": [50, 60], ...}`` picks given slices.
+        Args:
+            label: the dense label volume.
+            slices: ``"auto"`` (per axis, the slice with the largest foreground area), ``"x,y,z"``
+                indices as the CLI takes them, or a mapping ``{"axial": 40, "coronal": [50, 60]}``.
+            foreground_value: the structure's label value (None = every non-zero value).
+
+        Returns:
+            The sparse annotation: the chosen slices exact, everything else 255.
+
+        Raises:
+            InputError: an empty label or a slice outside the volume.
         """
         fg = label.array > 0 if foreground_value is None else label.array == foreground_value
         if not fg.any():
@@ -130,20 +199,36 @@ class SparseAnnotation:
         chosen = pick_largest_slices(fg) if slices == "auto" else _parse_slices(slices, fg.shape)
         sparse = np.full(fg.shape, IGNORE, np.uint8)
         for name, indices in chosen.items():
-            a = AXES[name]
+            a = AXIS_OF[name]
             for idx in indices:
                 index = (slice(None),) * a + (idx,)
                 sparse[index] = fg[index].astype(np.uint8)
         return cls(label.with_array(sparse))
 
 
-def grow_box(extent: Sequence[slice], shape: Sequence[int], margin: int,
+def crop_box(annotation: SparseAnnotation, margin: int, fraction: float = 0.0,
              quantum: int = 1) -> tuple[slice, slice, slice]:
-    """``extent`` grown by ``margin`` voxels, bounds rounded outward to multiples of ``quantum``
-    (so that a slightly larger extent keeps the same box), clipped to ``shape``."""
-    return tuple(slice(max(0, (e.start - margin) // quantum * quantum),  # type: ignore[return-value]
-                       min(n, -(-(e.stop + margin) // quantum) * quantum))
-                 for e, n in zip(extent, shape))
+    """The box RADA works in: the painted structure's extent, grown and clipped to the volume.
+
+    The one crop of RADA: the pipeline crops with it (margin and fraction of
+    ``SegmentConfig``), and propagation narrows that crop again with the same function
+    (``PropagationConfig.margin`` and ``crop_quantum``).
+
+    Args:
+        annotation: the sparse annotation; its :meth:`SparseAnnotation.extent` is grown.
+        margin: voxels added on every side.
+        fraction: plus this fraction of the extent's largest side (long thin shapes bend out).
+        quantum: bounds are rounded outward to multiples of this, so that a slightly larger
+            extent (a refinement) keeps the same box.
+
+    Returns:
+        One ``slice`` per array axis ``[z, y, x]``.
+    """
+    extent = annotation.extent()
+    grow = margin + int(round(fraction * max(e.stop - e.start for e in extent)))
+    return tuple(slice(max(0, (e.start - grow) // quantum * quantum),  # type: ignore[return-value]
+                       min(n, -(-(e.stop + grow) // quantum) * quantum))
+                 for e, n in zip(extent, annotation.shape))
 
 
 def from_painting(painted: Volume, min_area: int = 4) -> SparseAnnotation:
@@ -180,7 +265,8 @@ def from_painting(painted: Volume, min_area: int = 4) -> SparseAnnotation:
 def pick_largest_slices(foreground: np.ndarray) -> dict[str, list[int]]:
     """Per axis, the slice with the largest foreground area (first one on ties)."""
     out = {}
-    for name, a in AXES.items():
+    for name in VIEW_NAMES:
+        a = AXIS_OF[name]
         areas = foreground.sum(axis=tuple(i for i in range(3) if i != a))
         out[name] = [int(np.argmax(areas))]
     return out
@@ -203,7 +289,8 @@ def protocol_slices(foreground: np.ndarray, per_axis: int = 1) -> dict[str, list
     if per_axis == 1:
         return pick_largest_slices(foreground)
     out = {}
-    for name, a in AXES.items():
+    for name in VIEW_NAMES:
+        a = AXIS_OF[name]
         present = np.flatnonzero(foreground.any(axis=tuple(i for i in range(3) if i != a)))
         lo, hi = int(present.min()), int(present.max())
         centres = lo + (hi - lo + 1) * (np.arange(per_axis) + 0.5) / per_axis
@@ -228,8 +315,8 @@ def _parse_slices(slices: str | Mapping[str, int | Sequence[int]], shape: Sequen
         indices = [int(value)] if np.isscalar(value) else [int(v) for v in value]
         for idx in indices:
             if not 0 <= idx < shape[a]:
-                raise InputError(f"{AXIS_NAMES[a]} slice {idx} is outside the volume (0..{shape[a] - 1})")
-        out[AXIS_NAMES[a]] = indices
+                raise InputError(f"{VIEW_OF_AXIS[a]} slice {idx} is outside the volume (0..{shape[a] - 1})")
+        out[VIEW_OF_AXIS[a]] = indices
     return out
 
 

@@ -17,17 +17,33 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from rada.annotation import SparseAnnotation
 from rada.errors import InputError
+from rada.intensity import zscore
+from rada.io import read_volume, write_volume
+from rada.protocol import Protocol, apply
+from rada.safe_write import atomic_path
 from rada.volume import Volume
 
 SPLITS = ("train", "val", "test")
 DEFAULT_PROMPT = "An image containing the {organ}, with the rest being background"
 DATASET_FILE = "dataset.json"
+
+
+def default_prompt(organ: str) -> str:
+    """The text prompt of the guidance encoder for ``organ`` (:data:`DEFAULT_PROMPT` filled in).
+
+    Args:
+        organ: the structure's name, e.g. ``left atrium``.
+
+    Returns:
+        The prompt a dataset uses when its ``dataset.json`` gives none.
+    """
+    return DEFAULT_PROMPT.format(organ=organ)
 
 
 @dataclass(frozen=True)
@@ -59,7 +75,7 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         if not self.prompt:
-            self.prompt = DEFAULT_PROMPT.format(organ=self.organ)
+            self.prompt = default_prompt(self.organ)
 
     def path(self, relative: str) -> Path:
         """Absolute path of a path written in the dataset."""
@@ -85,8 +101,6 @@ class DatasetSpec:
     @property
     def protocol(self):
         """The dataset's :class:`rada.protocol.Protocol` (validated)."""
-        from rada.protocol import Protocol
-
         return Protocol.from_json(self.preprocessing)
 
     def validate(self, check_files: bool = True) -> "DatasetSpec":
@@ -112,7 +126,18 @@ class DatasetSpec:
 
 
 def read_dataset(path: str | os.PathLike, check_files: bool = True) -> DatasetSpec:
-    """Read and validate ``dataset.json`` (``path`` is the file or its folder)."""
+    """Read and validate a ``dataset.json``.
+
+    Args:
+        path: the file or its folder.
+        check_files: also check that every referenced file exists.
+
+    Returns:
+        The validated :class:`DatasetSpec`, paths relative to the file's folder.
+
+    Raises:
+        InputError: missing, not JSON, a missing field, or a bad case.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / DATASET_FILE
@@ -134,36 +159,47 @@ def read_dataset(path: str | os.PathLike, check_files: bool = True) -> DatasetSp
 
 
 def write_dataset(spec: DatasetSpec, folder: str | os.PathLike) -> Path:
-    """Write ``folder/dataset.json`` atomically."""
-    from rada.io import atomic_path
+    """Write ``folder/dataset.json`` atomically.
 
+    Args:
+        spec: the dataset.
+        folder: where the file goes (created if needed).
+
+    Returns:
+        The file's path.
+    """
     target = Path(folder) / DATASET_FILE
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(spec.as_json(), indent=2) + "\n", encoding="utf-8")
     return target
 
 
-def zscore(array: np.ndarray) -> np.ndarray:
-    """Per-volume z-score normalisation (float32)."""
-    a = np.asarray(array, dtype=np.float32)
-    std = float(a.std())
-    return (a - float(a.mean())) / (std if std > 0 else 1.0)
-
-
 def load_image(spec: DatasetSpec, case: CaseEntry) -> Volume:
-    """The case's image, z-scored, as float32."""
-    from rada.io import read_volume
+    """The case's image, z-scored, as float32 (no protocol; see :func:`load_case`).
 
+    Args:
+        spec: the dataset.
+        case: one of its cases.
+
+    Returns:
+        The image volume.
+    """
     image = read_volume(spec.path(case.image))
     return image.with_array(zscore(image.array))
 
 
 def load_case(spec: DatasetSpec, case: CaseEntry, with_label: bool = False):
-    """A case after the dataset's protocol (:mod:`rada.protocol`): the z-scored image, its sparse
-    annotation (None if unlabeled) and, with ``with_label``, its dense label (None if absent)."""
-    from rada.io import read_volume
-    from rada.protocol import apply
+    """A case after the dataset's protocol (:mod:`rada.protocol`).
 
+    Args:
+        spec: the dataset.
+        case: one of its cases.
+        with_label: also read the dense label.
+
+    Returns:
+        The z-scored image, its sparse annotation (None if unlabeled) and the dense label
+        (None if absent or not asked for).
+    """
     raw = read_volume(spec.path(case.image))
     label = read_volume(spec.path(case.label)) if with_label and case.label is not None else None
     prepared = apply(spec.protocol, raw, load_annotation(spec, case), label)
@@ -172,9 +208,15 @@ def load_case(spec: DatasetSpec, case: CaseEntry, with_label: bool = False):
 
 
 def load_annotation(spec: DatasetSpec, case: CaseEntry) -> SparseAnnotation | None:
-    """The case's sparse annotation, or None for an unlabeled case."""
-    from rada.io import read_volume
+    """The case's sparse annotation.
 
+    Args:
+        spec: the dataset.
+        case: one of its cases.
+
+    Returns:
+        The annotation, or None for an unlabeled case.
+    """
     if case.annotation is None:
         return None
     return SparseAnnotation(read_volume(spec.path(case.annotation)))
@@ -206,15 +248,13 @@ class SplitFile:
 
 
 def build_la2018(source: str | os.PathLike, out: str | os.PathLike, split: SplitFile,
-                 organ: str = "left atrium", link_images: bool = True) -> DatasetSpec:
+                 organ: str = "left atrium") -> DatasetSpec:
     """Build a barely-supervised LA2018 dataset in ``out`` from ``source/<ID>/{image,label}.nii.gz``.
 
     Labeled cases get a sparse annotation with the three largest-foreground slices
-    (written to ``out/sparse/<ID>.nii.gz``); images and labels are referenced in place
-    (``link_images``), never copied. Validation cases carry only their dense label.
+    (written to ``out/sparse/<ID>.nii.gz``); images and labels are referenced in place,
+    never copied. Validation cases carry only their dense label.
     """
-    from rada.io import read_volume, write_volume
-
     src, dst = Path(source).resolve(), Path(out)
     dst.mkdir(parents=True, exist_ok=True)
     cases: list[CaseEntry] = []
@@ -233,14 +273,5 @@ def build_la2018(source: str | os.PathLike, out: str | os.PathLike, split: Split
     return spec.validate()
 
 
-def iter_entries(spec: DatasetSpec, ids: Iterable[str]) -> list[CaseEntry]:
-    """Entries by id, in the order given."""
-    by_id = {c.id: c for c in spec.cases}
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise InputError(f"unknown case ids: {', '.join(missing[:5])}")
-    return [by_id[i] for i in ids]
-
-
-__all__ = ["CaseEntry", "DatasetSpec", "read_dataset", "write_dataset", "zscore", "load_image", "load_case",
-           "load_annotation", "SplitFile", "build_la2018", "DEFAULT_PROMPT", "SPLITS"]
+__all__ = ["CaseEntry", "DatasetSpec", "read_dataset", "write_dataset", "load_image", "load_case",
+           "load_annotation", "SplitFile", "build_la2018", "DEFAULT_PROMPT", "default_prompt", "SPLITS"]

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from rada.errors import InputError
-from rada.io import atomic_path, read_volume
+from rada.io import read_volume
+from rada.safe_write import atomic_path
 from rada.metrics import SegmentationScores, evaluate, summarize
 from rada.volume import Volume
 

@@ -37,7 +37,19 @@ import torch
 import torch.nn.functional as F
 
 from rada.annotation import IGNORE, SparseAnnotation, take_slice
+from rada.device import select_device
 from rada.errors import CancelledError, InputError
+from rada.fusion import keep_painted_components
+from rada.guidance import GuidanceEmbeddings, compute_embeddings
+from rada.infer import load_model, model_predictor, sliding_window
+from rada.nets.head import HeadConfig
+from rada.nets.triview import ModelConfig, TriViewModel
+from rada.nets.vnet import VNetConfig
+from rada.patches import check_patch_size
+from rada.propagation import PropagationConfig, propagate
+from rada.train import schedules as S
+from rada.train.cotraining import certainty_mask, teacher_mean_probability, view_losses
+from rada.train.data import LabeledCase, TrainingData, pseudo_labels_from_propagation, sample_batch
 from rada.volume import Volume
 
 #: progress(fraction of the whole fine-tune path in [0, 1], stage, message)
@@ -61,13 +73,13 @@ class FinetuneConfig:
     from scratch or a checkpoint; ``refine_iterations`` when starting from the weights of a
     previous call on the same image. ``labeled_batch`` / ``unlabeled_batch``: patches per step
     of the supervised and the cross-view stream (both drawn from this case).
-    ``teacher_passes``: noisy passes T of the certainty estimate. ``registration``: ANTs
-    preset of the propagation (``fast`` registers slices at half resolution).
+    ``teacher_passes``: noisy passes T of the certainty estimate. ``registration_resolution``:
+    ANTs propagation's :data:`rada.propagation.RESOLUTIONS` (``half`` registers slices at half resolution).
     ``guidance``: use Alpha-CLIP embeddings when the weights are installed; ``organ`` names
     the structure in the text prompt. ``optimizer``: ``sgd`` (METHOD.md: momentum 0.9, weight
     decay 1e-4) or ``adam`` (same weight decay; converges in far fewer steps from scratch).
-    ``alpha_decay``: run METHOD.md's alpha schedule on the fine-tune's clock; off (DEFAULT) keeps
-    alpha at its start value 0.95 -- a short run would otherwise spend its second half
+    ``decay_schedule``: run METHOD.md's alpha (decay base) schedule on the fine-tune's clock; off
+    (DEFAULT) keeps the decay base at its start value 0.95 -- a short run would otherwise spend its second half
     learning from the painted slices alone. ``lr_decay``: METHOD.md's x0.1 steps (at 5/12 and
     5/6 of the run). ``dropout``: of the V-Net's bottleneck and last feature (0.5 = METHOD.md;
     scratch models only). ``combine``: ``fuse`` adds the probability's log-odds to
@@ -86,13 +98,13 @@ class FinetuneConfig:
     unlabeled_batch: int = 2
     optimizer: str = "sgd"
     lr: float = 0.01
-    alpha_decay: bool = False
+    decay_schedule: bool = False
     lr_decay: bool = True
     dropout: float = 0.5
     momentum: float = 0.9
     weight_decay: float = 1e-4
     teacher_passes: int = 8
-    registration: str = "full"
+    registration_resolution: str = "full"
     registration_workers: int | None = None
     guidance: bool = True
     organ: str = "structure"
@@ -111,7 +123,7 @@ class FinetuneConfig:
         base = dict(device="cpu", width=4, patch_size=(32, 32, 32), scale=0.5, iterations=40,
                     refine_iterations=15, labeled_batch=1, unlabeled_batch=1, teacher_passes=2,
                     lr=0.05, dropout=0.0, lr_decay=False,
-                    registration="full", infer_batch=2)
+                    registration_resolution="full", infer_batch=2)
         return cls(**{**base, **overrides})
 
     @classmethod
@@ -122,7 +134,6 @@ class FinetuneConfig:
     @classmethod
     def for_device(cls, device: str = "auto", **overrides: Any) -> "FinetuneConfig":
         """The GPU profile when ``device`` resolves to CUDA, the CPU profile otherwise."""
-        from rada.train.distributed import select_device
 
         dev = select_device(device)
         return cls.gpu(**overrides) if dev.type == "cuda" else cls.cpu(**overrides)
@@ -138,8 +149,7 @@ class FinetuneConfig:
             raise InputError("width must be >= 1 and iterations >= 0")
         if not 0.1 <= self.scale <= 1.0:
             raise InputError(f"scale must be in [0.1, 1], got {self.scale}")
-        if len(self.patch_size) != 3 or min(self.patch_size) < 16 or any(p % 16 for p in self.patch_size):
-            raise InputError(f"patch_size must be three multiples of 16, got {self.patch_size}")
+        check_patch_size(self.patch_size, len(VNetConfig().encoder_blocks))
         if self.labeled_batch < 1 or self.unlabeled_batch < 0 or self.teacher_passes < 1:
             raise InputError("labeled_batch and teacher_passes must be >= 1, unlabeled_batch >= 0")
         if self.optimizer not in ("sgd", "adam"):
@@ -233,11 +243,8 @@ def _working_patch(shape: tuple[int, ...], patch: tuple[int, int, int]) -> tuple
 
 def _guidance(image: Volume, annotation: SparseAnnotation, cfg: FinetuneConfig, report: _Progress) -> Any:
     """Alpha-CLIP embeddings of the painted slices, or a disabled one with the reason."""
-    from rada.guidance import GuidanceEmbeddings
-
     if not cfg.guidance:
         return GuidanceEmbeddings.off("guidance off: disabled in the fine-tune settings")
-    from rada.guidance import compute_embeddings
 
     return compute_embeddings([image], [annotation], cfg.organ, device="cpu",
                               progress=lambda f, m: report("guidance", f, m))
@@ -246,17 +253,11 @@ def _guidance(image: Volume, annotation: SparseAnnotation, cfg: FinetuneConfig, 
 def _build_model(cfg: FinetuneConfig, start_model: str | None, cached: FinetunedWeights | None,
                  embeddings: Any, device: torch.device) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The tri-view model to fine-tune and where it started; its patch size from a checkpoint."""
-    from rada.infer import load_model
-    from rada.nets.triview import ModelConfig, TriViewModel
-
     meta: dict[str, Any] = {}
     if start_model is not None:
         model, meta = load_model(start_model, "cpu")
         origin = "checkpoint"
     else:
-        from rada.nets.head import HeadConfig
-        from rada.nets.vnet import VNetConfig
-
         model = TriViewModel(ModelConfig(VNetConfig(width=cfg.width, dropout=cfg.dropout),
                                          HeadConfig(embedding_dim=1024 if embeddings.enabled else 0)))
         origin = "scratch"
@@ -283,10 +284,6 @@ def _build_model(cfg: FinetuneConfig, start_model: str | None, cached: Finetuned
 def _train(model: Any, data: Any, cfg: FinetuneConfig, iterations: int, patch: tuple[int, int, int],
            device: torch.device, report: _Progress) -> list[float]:
     """METHOD.md section 5 on one case; the schedules run on a clock of ``iterations`` steps."""
-    from rada.train import schedules as S
-    from rada.train.cotraining import certainty_mask, teacher_mean_probability, view_losses
-    from rada.train.data import sample_batch
-
     sched = S.ScheduleConfig()
     def make(params: Any) -> torch.optim.Optimizer:
         if cfg.optimizer == "adam":
@@ -298,7 +295,7 @@ def _train(model: Any, data: Any, cfg: FinetuneConfig, iterations: int, patch: t
         report("finetune", t / max(iterations, 1), f"iteration {t + 1}/{iterations}")
         clock = int(t * sched.iterations / max(iterations, 1))  # the 6000-step schedules, compressed
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, t, 11]).generate_state(1)[0]))
-        a = S.alpha(clock, sched) if cfg.alpha_decay else sched.alpha_start
+        a = S.distance_decay(clock, sched) if cfg.decay_schedule else sched.alpha_start
         b, thr = S.beta(clock, sched), S.entropy_threshold(clock, sched)
         lr = cfg.lr * S.learning_rate(clock, sched) / sched.base_lr if cfg.lr_decay else cfg.lr
         batch = sample_batch(data, t, a, patch, cfg.labeled_batch, cfg.unlabeled_batch, cfg.seed, 0, True,
@@ -355,11 +352,6 @@ def finetune_case(image: Volume, annotation: SparseAnnotation, config: FinetuneC
         :class:`FinetuneResult`: probability on the crop grid, weights, report (stage times,
         iterations, started from, guidance on/off with the reason, resolution, device).
     """
-    from rada.infer import model_predictor, sliding_window
-    from rada.propagation import PropagationConfig, propagate
-    from rada.train.data import LabeledCase, TrainingData, pseudo_labels_from_propagation
-    from rada.train.distributed import select_device
-
     cfg = (config or FinetuneConfig.for_device("auto")).validated()
     mismatch = image.grid_mismatch(annotation.labels)
     if mismatch:
@@ -381,7 +373,7 @@ def finetune_case(image: Volume, annotation: SparseAnnotation, config: FinetuneC
     image_w = Volume(arr_w, spacing_w, image.origin, image.direction)
 
     t0 = time.perf_counter()
-    prop_cfg = PropagationConfig(preset=cfg.registration, workers=cfg.registration_workers, seed=cfg.seed)
+    prop_cfg = PropagationConfig(resolution=cfg.registration_resolution, workers=cfg.registration_workers, seed=cfg.seed)
     prop = propagate(image_w, ann_w, prop_cfg, progress=lambda f, m: report("propagate", f, m),
                      cache=registrations)
     labels, distance, known = pseudo_labels_from_propagation(prop, ann_w)
@@ -529,8 +521,6 @@ def segment_probability(image: Volume, annotation: SparseAnnotation, box: tuple[
 def probability_mask(probability: np.ndarray, annotation: SparseAnnotation, threshold: float = 0.5) -> np.ndarray:
     """``combine='alone'``: the thresholded probability, painted voxels exact, only components
     that hold painted structure, holes filled."""
-    from rada.fusion import keep_painted_components
-
     known = annotation.known()
     mask = probability > threshold
     mask[known] = annotation.foreground()[known]

@@ -17,8 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rada.device import select_device
 from rada.errors import InputError
+from rada.intensity import zscore
 from rada.nets.triview import ModelConfig, TriViewModel
+from rada.patches import centred_padding, check_patch_size
+from rada.protocol import to_input_grid, to_model_grid
+from rada.train.checkpoint import load_checkpoint
 from rada.volume import Volume
 
 Predictor = Callable[[Tensor], Tensor]
@@ -50,9 +55,22 @@ class Prediction:
 
 
 def window_starts(size: int, patch: int, stride: int) -> list[int]:
-    """Start indices of windows of ``patch`` along an axis of ``size >= patch`` with ``stride``;
-    the last window ends at ``size`` so the axis is covered (a stride above the patch is
-    clamped to the patch, or voxels between windows would be skipped)."""
+    """Start indices of sliding windows along one axis.
+
+    The last window ends at ``size``, so the axis is covered; a stride above the patch is
+    clamped to the patch, or voxels between windows would be skipped.
+
+    Args:
+        size: the axis length (at least ``patch`` after padding).
+        patch: the window length.
+        stride: the step between windows.
+
+    Returns:
+        The start indices (``[0]`` when the axis fits in one window).
+
+    Raises:
+        ValueError: a stride that is not positive.
+    """
     if size <= patch:
         return [0]
     if stride <= 0:
@@ -65,7 +83,19 @@ def window_starts(size: int, patch: int, stride: int) -> list[int]:
 
 
 def importance_map(patch: Sequence[int], mode: str = "gaussian", sigma_scale: float = 0.125) -> np.ndarray:
-    """Blending weights of one window: all ones, or a Gaussian centred on it (max 1, no zeros)."""
+    """Blending weights of one window.
+
+    Args:
+        patch: the window size.
+        mode: ``gaussian`` (centred on the window, nnU-Net's) or ``uniform`` (all ones).
+        sigma_scale: the Gaussian's sigma as a fraction of the window.
+
+    Returns:
+        float32 weights, maximum 1, no zeros.
+
+    Raises:
+        ValueError: an unknown mode.
+    """
     if mode == "uniform":
         return np.ones(tuple(patch), np.float32)
     if mode != "gaussian":
@@ -89,7 +119,7 @@ def sliding_window(array: np.ndarray, predictor: Predictor, patch: Sequence[int]
     patch = tuple(int(p) for p in patch)
     stride = tuple(int(s) for s in (stride or [max(1, p // 2) for p in patch]))
     shape = array.shape
-    pads = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(shape, patch)]
+    pads = centred_padding(shape, patch)
     padded = np.pad(array, pads, mode="constant", constant_values=float(array.min())) if any(
         a or b for a, b in pads) else array
     starts = [window_starts(s, p, st) for s, p, st in zip(padded.shape, patch, stride)]
@@ -118,9 +148,15 @@ def sliding_window(array: np.ndarray, predictor: Predictor, patch: Sequence[int]
 
 
 def load_model(checkpoint: str | os.PathLike | dict, device: torch.device | str = "cpu") -> tuple[TriViewModel, dict]:
-    """A trained :class:`TriViewModel` in eval mode, and the checkpoint's metadata (no weights)."""
-    from rada.train.checkpoint import load_checkpoint
+    """Load a trained tri-view model.
 
+    Args:
+        checkpoint: a checkpoint file, or its already loaded state.
+        device: where the model goes.
+
+    Returns:
+        The :class:`TriViewModel` in eval mode, and the checkpoint's metadata (no weights).
+    """
     state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = TriViewModel(ModelConfig.from_dict(state["model_config"]))
     for k, net in model.nets.items():
@@ -131,7 +167,19 @@ def load_model(checkpoint: str | os.PathLike | dict, device: torch.device | str 
 
 
 def model_predictor(model: TriViewModel, view: str = "mean", bf16: bool = False) -> Predictor:
-    """``[B, 1, ...] -> [B, 2, ...]`` softmax of one view or the mean over views."""
+    """A predictor for :func:`sliding_window`: ``[B, 1, ...] -> [B, 2, ...]`` probabilities.
+
+    Args:
+        model: the tri-view model.
+        view: one view's softmax, or ``mean`` (the mean of the three views' softmaxes).
+        bf16: autocast to bfloat16 (CUDA only).
+
+    Returns:
+        The predictor (no gradients).
+
+    Raises:
+        InputError: an unknown view.
+    """
     if view != "mean" and view not in model.nets:
         raise InputError(f"unknown view {view!r}; use mean or one of {', '.join(model.nets)}")
     device = next(model.parameters()).device
@@ -146,10 +194,24 @@ def model_predictor(model: TriViewModel, view: str = "mean", bf16: bool = False)
 
 def predict_probability(model: TriViewModel, image: np.ndarray, config: InferenceConfig = InferenceConfig(),
                         patch_size: Sequence[int] | None = None) -> np.ndarray:
-    """Foreground probability ``[z, y, x]`` of a z-scored image."""
+    """Foreground probability of a z-scored image by sliding-window inference.
+
+    Args:
+        model: the tri-view model (on its device).
+        image: the z-scored image ``[z, y, x]``.
+        config: inference settings; its ``patch_size`` wins over ``patch_size``.
+        patch_size: the checkpoint's training patch.
+
+    Returns:
+        float32 ``[z, y, x]`` foreground probability.
+
+    Raises:
+        InputError: no patch size, or one the V-Net cannot take.
+    """
     patch = config.patch_size or patch_size
     if patch is None:
         raise InputError("no patch size: give InferenceConfig.patch_size or the checkpoint's")
+    patch = check_patch_size(patch, len(model.config.backbone.encoder_blocks))
     device = next(model.parameters()).device
     model.eval()
     prob = sliding_window(image, model_predictor(model, config.view, config.bf16), patch, config.stride,
@@ -161,14 +223,20 @@ def predict(image: Volume, model: str | os.PathLike | TriViewModel, config: Infe
             annotation: Any = None, patch_size: Sequence[int] | None = None) -> Prediction:
     """Segment ``image`` (raw intensities; z-scored here) with a checkpoint or a loaded model.
 
-    With an ``annotation`` (a :class:`rada.annotation.SparseAnnotation` on the image grid) and
-    ``constrain_to_annotation``, annotated voxels keep their painted value.
+    Args:
+        image: the image; the result is on its grid.
+        model: a checkpoint file or a loaded :class:`TriViewModel`.
+        config: inference settings (device, view, blending, threshold).
+        annotation: a :class:`rada.annotation.SparseAnnotation` on the image grid; with
+            ``constrain_to_annotation``, annotated voxels keep their painted value.
+        patch_size: the window, when ``model`` is a loaded model (a checkpoint carries its own).
+
+    Returns:
+        The label and probability volumes and a JSON-ready ``info``.
+
+    Raises:
+        InputError: a bad checkpoint, device, patch size or annotation grid.
     """
-    from rada.dataset import zscore
-    from rada.train.distributed import select_device
-
-    from rada.protocol import to_input_grid, to_model_grid
-
     device = select_device(config.device)
     meta: dict = {}
     if not isinstance(model, TriViewModel):
@@ -184,8 +252,7 @@ def predict(image: Volume, model: str | os.PathLike | TriViewModel, config: Infe
         mismatch = image.grid_mismatch(annotation.labels)
         if mismatch:
             raise InputError(f"annotation geometry differs from the image: {mismatch}")
-        known = annotation.known()
-        label[known] = annotation.array[known]
+        annotation.paste(label)
     info = {"device": str(device), "view": config.view, "blending": config.blending,
             "guidance": meta.get("guidance", {}).get("enabled", model.guided) if meta else model.guided,
             "content_hash": meta.get("content_hash"),

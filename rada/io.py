@@ -17,7 +17,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from rada import safe_write
 from rada.annotation import IGNORE, SparseAnnotation, as_annotation, check_annotation_values
 from rada.errors import InputError
 from rada.inputs import MIB, ReadLimits, check_data_complete, check_finite, place_on_grid, probe_image_file
@@ -87,14 +86,6 @@ def read_volume(path: str | os.PathLike, limits: ReadLimits | None = None) -> Vo
     except InputError as exc:
         raise InputError(f"{p}: {exc}") from None
     return check_finite(volume, str(p))
-
-
-def atomic_path(path: str | os.PathLike, allowed: Sequence[str] | None = None):
-    """Yield a temporary path beside ``path``; it becomes ``path`` only if the block succeeds.
-
-    See :func:`rada.safe_write.atomic_path` (kept here, where the writers live).
-    """
-    return safe_write.atomic_path(path, allowed)
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True,

@@ -31,13 +31,16 @@ from typing import Any, Callable
 import numpy as np
 
 from rada import __version__
-from rada.annotation import AXIS_NAMES, SparseAnnotation, grow_box
+from rada.annotation import SparseAnnotation, crop_box
 from rada.appearance import AppearanceConfig, appearance_probability
-from rada.geodesic import GeodesicConfig, geodesic_logit
 from rada.errors import CancelledError, InputError
 from rada.fusion import FusionConfig, fuse, probability_to_logit
+from rada.geodesic import GeodesicConfig, geodesic_logit
+from rada.intensity import zscore
 from rada.metrics import dice
+from rada.propagation import PropagationConfig, RegistrationCache, propagate
 from rada.shape_prior import shape_prior, visual_hull
+from rada.views import VIEW_NAMES
 from rada.volume import Volume
 
 #: progress(fraction in [0, 1], stage name, human-readable message)
@@ -112,14 +115,6 @@ def image_key(image: Volume) -> str:
     return h.hexdigest()
 
 
-def crop_box(annotation: SparseAnnotation, margin: int, fraction: float = 0.0) -> tuple[slice, slice, slice]:
-    """The painted structure's extent plus ``margin`` voxels and ``fraction`` of its largest
-    side, clipped to the volume."""
-    extent = annotation.extent()
-    grow = margin + int(round(fraction * max(e.stop - e.start for e in extent)))
-    return grow_box(extent, annotation.shape, grow)
-
-
 class _Stages:
     """Progress reporting, cancellation checks and per-stage timings in one place."""
 
@@ -174,9 +169,9 @@ def _model_probability(cfg: SegmentConfig, image: Volume, box: tuple[slice, slic
     The model was trained on per-volume z-scored images: the statistics come from the whole
     volume, the sliding window runs on the box only (seconds instead of minutes on a CPU).
     """
-    from rada.dataset import zscore
+    # torch: imported only when a model is given (fast and full run without it)
+    from rada.device import select_device
     from rada.infer import InferenceConfig, load_model, predict_probability
-    from rada.train.distributed import select_device
 
     key = f"{cfg.model}|{cfg.device}|{[(s.start, s.stop) for s in box]}"
     if cache is not None and key in cache.model_probability:
@@ -198,7 +193,23 @@ def _model_probability(cfg: SegmentConfig, image: Volume, box: tuple[slice, slic
 def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentConfig | None = None,
                  progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                  cache: SegmentCache | None = None) -> SegmentResult:
-    """Segment the painted structure in 3D; see the module docstring for the steps."""
+    """Segment the painted structure in 3D; see the module docstring for the steps.
+
+    Args:
+        image: the image.
+        annotation: the painted slices on the image's grid.
+        config: the preset and its options (default: the ``fast`` preset).
+        progress: ``progress(fraction, stage, message)``.
+        cancel: set it to stop at the next stage boundary.
+        cache: work kept between calls on the same image (refinement).
+
+    Returns:
+        The label on the image's grid (painted slices exact) and a JSON-ready report.
+
+    Raises:
+        InputError: an unusable image, annotation or configuration.
+        CancelledError: ``cancel`` was set.
+    """
     t_start = time.perf_counter()
     cfg = (config or SegmentConfig()).resolved()
     annotation.validate(image)
@@ -227,10 +238,10 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
     extra_logits: list[np.ndarray] = []
     report_extra: dict[str, Any] = {}
     if cfg.propagate:
-        from rada.propagation import PropagationConfig, RegistrationCache, propagate
-
         if cache is not None and cache.registrations is None:
             cache.registrations = RegistrationCache()
+        # Propagation narrows this crop again with the same crop_box (PropagationConfig.margin and
+        # crop_quantum): registrations run on the structure's extent, not on the whole work box.
         result = stages.run("propagate", "ANTs slice-to-slice propagation", propagate, img_c, ann_c,
                             PropagationConfig(), progress=stages.sub_progress("propagate"),
                             cache=cache.registrations if cache is not None else None)
@@ -242,8 +253,8 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
     # --- the finetune preset (rada.finetune); --model is its starting point ---
     finetune_report, finetune_mask = None, None
     if PRESETS[cfg.preset].get("finetune"):
+        # torch: imported only for the finetune preset (fast and full run without it)
         from rada.finetune import FinetuneConfig, FinetuneMemory, probability_mask, segment_probability
-        from rada.propagation import RegistrationCache
 
         ft_cfg = cfg.finetune or FinetuneConfig.for_device(cfg.device)
         if cache is not None:
@@ -266,20 +277,17 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
         prob, model_info = stages.run("model", "trained model inference", _model_probability, cfg, image,
                                       box, cache)
         extra_logits.append(cfg.model_weight * probability_to_logit(prob, cfg.fusion.prior_clip))
-        sources["model"] = prob > 0.5
         report_extra["model"] = model_info
 
-    shape_sources = [m for k, m in sources.items() if k != "model"]
     mask_c, _ = stages.run("fuse", "fusing shape, intensities and models", fuse, img_c.array, ann_c,
-                           shape_sources, hull, cfg.fusion, extra_logits, appearance,
+                           list(sources.values()), hull, cfg.fusion, extra_logits, appearance,
                            geodesic)
     if finetune_mask is not None:  # combine="alone": the fine-tuned networks' result by itself
         mask_c = finetune_mask
 
     full = np.zeros(image.shape, np.uint8)
     full[box] = mask_c
-    known = annotation.known()
-    full[known] = annotation.foreground()[known]  # the painted slices, exactly
+    annotation.paste(full)  # the painted slices, exactly
     stages.done()
 
     voxel_ml = float(np.prod(image.spacing)) / 1000.0
@@ -293,7 +301,7 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
         "model": report_extra.get("model"),
         "annotated_slices": annotation.slices(),
         "crop_box_zyx": [[s.start, s.stop] for s in box],
-        "agreement_between_views": _agreement({k: v for k, v in sources.items() if k in AXIS_NAMES}),
+        "agreement_between_views": _agreement({k: v for k, v in sources.items() if k in VIEW_NAMES}),
         "structure_voxels": int(full.sum()),
         "structure_volume_ml": round(float(full.sum()) * voxel_ml, 3),
         "timings_s": {**stages.timings, "total": round(time.perf_counter() - t_start, 3)},

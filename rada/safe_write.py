@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -219,6 +221,50 @@ class OutputSet:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, allowed: Sequence[str] | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it becomes ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; it becomes ``path`` only if the block succeeds.
+
+    The one way RADA writes a single file atomically (a one-output :class:`OutputSet`).
+
+    Args:
+        path: the target file, taken literally.
+        allowed: accepted format suffixes (``None`` = any name).
+
+    Returns:
+        A context manager yielding the temporary path to write to.
+
+    Raises:
+        InputError: the target cannot be written, naming ``path``.
+    """
     with OutputSet() as out:
         yield out.stage(path, allowed)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``path``; it becomes ``path`` only if the block succeeds.
+
+    The folder counterpart of :func:`atomic_path`, for outputs made of several files that
+    readers must see all or none of (a cached registration's transform files).
+
+    Args:
+        path: the target folder; its parent must exist.
+
+    Returns:
+        A context manager yielding the temporary folder to fill.
+
+    Raises:
+        InputError: the folder cannot be made or renamed, e.g. ``path`` already exists and is
+            not empty (another process stored it first); nothing is left behind.
+    """
+    target = Path(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=target.parent))
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {_reason(exc)}") from None
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {_reason(exc)}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

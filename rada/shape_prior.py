@@ -19,7 +19,8 @@ import numpy as np
 
 from scipy import ndimage
 
-from rada.annotation import AXIS_NAMES, SparseAnnotation, take_slice
+from rada.annotation import SparseAnnotation, take_slice
+from rada.views import VIEW_OF_AXIS
 
 
 def _in_plane_axes(axis: int) -> tuple[int, int]:
@@ -188,4 +189,4 @@ def shape_prior(annotation: SparseAnnotation,
     Returns:
         Bool arrays on the annotation grid; empty dict when no axis shows structure.
     """
-    return {AXIS_NAMES[a]: extent_matched_warp(annotation, a, spacing_zyx) for a in shaped_axes(annotation)}
+    return {VIEW_OF_AXIS[a]: extent_matched_warp(annotation, a, spacing_zyx) for a in shaped_axes(annotation)}

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from rada.annotation import AXIS_NAMES, SparseAnnotation, from_painting
+from rada.annotation import SparseAnnotation, from_painting
+from rada.views import VIEW_NAMES, VIEW_OF_AXIS
 from rada.errors import CancelledError, InputError
 from rada.volume import Volume
 from RADASegmentationLib import mrml
@@ -45,7 +46,7 @@ class Painting:
     def summary(self) -> str:
         """'axial (K): 12, 30 | coronal (J): 45 | sagittal (I): none' for the status line."""
         parts = []
-        for name in AXIS_NAMES:
+        for name in VIEW_OF_AXIS:
             indices = self.slices.get(name, [])
             parts.append(f"{AXIS_LABELS[name]}: {', '.join(str(i) for i in indices) if indices else 'none'}")
         return " | ".join(parts)
@@ -139,7 +140,7 @@ class SegmentationLogic:
 
     # --- 1. what was painted ------------------------------------------------------------
     def analyze_painting(self, volume_node, segmentation_node, segment_id: str,
-                         required_axes=AXIS_NAMES) -> Painting:
+                         required_axes=VIEW_NAMES) -> Painting:
         """Recover the painted slices of a segment on the volume's grid and check them.
 
         Never raises for a bad painting: the verdict is in :attr:`Painting.error` (one line,
@@ -148,12 +149,12 @@ class SegmentationLogic:
         mask = mrml.segment_mask(segmentation_node, segment_id, volume_node)
         painted = int(mask.array.sum())
         if painted == 0:
-            return Painting(None, {n: [] for n in AXIS_NAMES}, 0,
+            return Painting(None, {n: [] for n in VIEW_NAMES}, 0,
                             "nothing is painted: paint the structure on one slice of each axis")
         try:
             annotation = from_painting(mask)
         except InputError as exc:
-            return Painting(None, {n: [] for n in AXIS_NAMES}, painted, str(exc))
+            return Painting(None, {n: [] for n in VIEW_NAMES}, painted, str(exc))
         painting = Painting(annotation, annotation.slices(), painted)
         try:
             annotation.validate(image, required_axes)

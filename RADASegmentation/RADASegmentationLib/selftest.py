@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import slicer
 
-from rada.annotation import AXIS_NAMES, SparseAnnotation
+from rada.annotation import SparseAnnotation
+from rada.views import AXIS_OF, VIEW_OF_AXIS
 from rada.errors import InputError
 from rada.volume import Volume
 from RADASegmentationLib import mrml
@@ -58,7 +59,7 @@ def paint(truth: np.ndarray, slices: dict[str, list[int]]) -> np.ndarray:
     """What a user paints: the structure on the given slices (0/1, no 255)."""
     painted = np.zeros(truth.shape, np.uint8)
     for name, indices in slices.items():
-        axis = AXIS_NAMES.index(name)
+        axis = AXIS_OF[name]
         for idx in indices:
             index = (slice(None),) * axis + (idx,)
             painted[index] = truth[index]
@@ -67,7 +68,7 @@ def paint(truth: np.ndarray, slices: dict[str, list[int]]) -> np.ndarray:
 
 def largest_slices(truth: np.ndarray) -> dict[str, list[int]]:
     out = {}
-    for axis, name in enumerate(AXIS_NAMES):
+    for axis, name in enumerate(VIEW_OF_AXIS):
         areas = truth.sum(axis=tuple(i for i in range(3) if i != axis))
         out[name] = [int(np.argmax(areas))]
     return out
@@ -127,7 +128,7 @@ def check_painting_analysis(scene) -> None:
     ann = painting.annotation
     assert ann.labels.grid_mismatch(image, tol=1e-9) is None
     for name, indices in slices.items():
-        axis = AXIS_NAMES.index(name)
+        axis = AXIS_OF[name]
         for idx in indices:
             index = (slice(None),) * axis + (idx,)
             assert np.array_equal(ann.array[index], truth[index].astype(np.uint8))

@@ -5,24 +5,21 @@ Consumers (training, the pipeline, the networks) only need::
 
     from rada.guidance import load_embeddings, GuidanceEmbeddings
     emb = load_embeddings(path)          # emb.enabled, emb.text [512], emb.visual[view] [512]
-    emb.vector("axial")                  # concat(text, visual) -> 1024, for the guidance head
+    model.set_guidance(emb.text, emb.visual)  # each view's head gets concat(text, visual[view])
 
 ``open_clip`` is imported lazily: loading a cache file needs only numpy and torch.
 """
 
 from rada.guidance.embed import (
                                  DEFAULT_FILENAME,
-                                 DEFAULT_PROMPT,
-                                 VIEWS,
                                  GuidanceEmbeddings,
                                  compute_embeddings,
-                                 default_prompt,
                                  embed_dataset,
                                  load_embeddings,
                                  save_embeddings,
 )
 from rada.guidance.weights import DEFAULT_VARIANT, REGISTRY, VARIANTS, ResolvedWeights, cache_dir, resolve
 
-__all__ = ["DEFAULT_FILENAME", "DEFAULT_PROMPT", "VIEWS", "GuidanceEmbeddings", "compute_embeddings",
-           "default_prompt", "embed_dataset", "load_embeddings", "save_embeddings", "DEFAULT_VARIANT", "REGISTRY",
+__all__ = ["DEFAULT_FILENAME", "GuidanceEmbeddings", "compute_embeddings",
+           "embed_dataset", "load_embeddings", "save_embeddings", "DEFAULT_VARIANT", "REGISTRY",
            "VARIANTS", "ResolvedWeights", "cache_dir", "resolve"]

@@ -1,7 +1,7 @@
 """Alpha-CLIP ViT-B/16 on open_clip_torch (METHOD.md section 3).
 
 Alpha-CLIP is OpenAI CLIP whose patch embedding gets a second convolution for a 1-channel
-alpha (mask) input: ``conv1_alpha = Conv2d(1, width, patch, patch, bias=False)``, zero at
+region-mask input (the paper's "alpha" channel): ``conv1_alpha = Conv2d(1, width, patch, patch, bias=False)``, zero at
 initialisation, its output added to ``visual.conv1(image)`` before the class token and the
 positional embedding. With ``conv1_alpha == 0`` the model *is* plain CLIP.
 
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from rada.errors import InputError
-from rada.guidance.preprocess import ALPHA_FOREGROUND
+from rada.guidance.preprocess import MASK_FOREGROUND
 
 #: open_clip model name of OpenAI's architecture (QuickGELU!) for building without weights.
 OPENAI_B16_CONFIG = "ViT-B-16-quickgelu"
@@ -42,7 +42,7 @@ def _require_open_clip():
 class AlphaCLIP(nn.Module):
     """An open_clip ``CLIP`` with Alpha-CLIP's ``visual.conv1_alpha``.
 
-    ``encode_image(image, alpha)`` runs the region-aware visual tower; ``encode_text(tokens)``
+    ``encode_image(image, region_mask)`` runs the region-aware visual tower; ``encode_text(tokens)``
     is plain CLIP. Both return unnormalised 512-d embeddings (``normalize=True`` for unit ones).
 
     Why a forward hook on ``visual.conv1`` and not a subclass of open_clip's
@@ -50,9 +50,9 @@ class AlphaCLIP(nn.Module):
     ``create_model``) and the place where ``conv1`` is applied is a private method whose
     name and body change between releases (inline in ``forward`` in 2.x, ``_embeds`` in 3.x).
     The hook only relies on ``visual.conv1`` being called once on the image, which every
-    release does, adds the alpha branch's output right there, and keeps the module tree and
+    release does, adds the region-mask branch's output right there, and keeps the module tree and
     therefore the state-dict names (``visual.conv1_alpha.weight`` sits where Alpha-CLIP's
-    own ``conv1_alpha.weight`` does). The alpha is handed to the hook through an attribute
+    own ``conv1_alpha.weight`` does). The region mask is handed to the hook through an attribute
     set for the duration of one ``encode_image`` call: do not share one instance between
     threads (the embeddings are computed once, offline).
     """
@@ -69,14 +69,14 @@ class AlphaCLIP(nn.Module):
             visual.conv1_alpha = nn.Conv2d(1, conv1.out_channels, kernel_size=conv1.kernel_size,
                                            stride=conv1.stride, bias=False)
             nn.init.zeros_(visual.conv1_alpha.weight)
-        self._alpha: Tensor | None = None
-        conv1.register_forward_hook(self._add_alpha)
+        self._region_mask: Tensor | None = None
+        conv1.register_forward_hook(self._add_region_mask)
 
-    # -- the alpha branch -----------------------------------------------------------------
-    def _add_alpha(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-        if self._alpha is None:
-            return output  # called as plain CLIP (clip.encode_image): no alpha branch at all
-        return output + self.clip.visual.conv1_alpha(self._alpha.to(output.dtype))
+    # -- the region-mask branch ------------------------------------------------------------
+    def _add_region_mask(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        if self._region_mask is None:
+            return output  # called as plain CLIP (clip.encode_image): no region-mask branch at all
+        return output + self.clip.visual.conv1_alpha(self._region_mask.to(output.dtype))
 
     @property
     def conv1_alpha(self) -> nn.Conv2d:
@@ -92,23 +92,23 @@ class AlphaCLIP(nn.Module):
         proj = self.clip.visual.proj
         return int(proj.shape[1]) if proj is not None else int(self.clip.visual.output_dim)
 
-    def encode_image(self, image: Tensor, alpha: Tensor | None = None, normalize: bool = False) -> Tensor:
-        """``image [B, 3, S, S]`` (CLIP-normalised) and ``alpha [B, 1, S, S]`` ((m-0.5)/0.26) -> ``[B, 512]``.
+    def encode_image(self, image: Tensor, region_mask: Tensor | None = None, normalize: bool = False) -> Tensor:
+        """``image [B, 3, S, S]`` (CLIP-normalised) and ``region_mask [B, 1, S, S]`` ((m-0.5)/0.26) -> ``[B, 512]``.
 
-        ``alpha=None`` is Alpha-CLIP's "whole image": +1.923 everywhere.
+        ``region_mask=None`` is Alpha-CLIP's "whole image": +1.923 everywhere.
         """
         if image.ndim != 4 or image.shape[1] != 3:
             raise InputError(f"expected images [B, 3, S, S], got {tuple(image.shape)}")
-        if alpha is None:
-            alpha = torch.full((image.shape[0], 1, *image.shape[2:]), ALPHA_FOREGROUND,
+        if region_mask is None:
+            region_mask = torch.full((image.shape[0], 1, *image.shape[2:]), MASK_FOREGROUND,
                                dtype=image.dtype, device=image.device)
-        if alpha.shape != (image.shape[0], 1, *image.shape[2:]):
-            raise InputError(f"alpha {tuple(alpha.shape)} does not match images {tuple(image.shape)}")
-        self._alpha = alpha
+        if region_mask.shape != (image.shape[0], 1, *image.shape[2:]):
+            raise InputError(f"region mask {tuple(region_mask.shape)} does not match images {tuple(image.shape)}")
+        self._region_mask = region_mask
         try:
             return self.clip.encode_image(image, normalize=normalize)
         finally:
-            self._alpha = None
+            self._region_mask = None
 
     def encode_text(self, tokens: Tensor, normalize: bool = False) -> Tensor:
         return self.clip.encode_text(tokens, normalize=normalize)
@@ -118,8 +118,8 @@ class AlphaCLIP(nn.Module):
         return open_clip.tokenize([texts] if isinstance(texts, str) else list(texts),
                                   context_length=int(self.clip.context_length))
 
-    def forward(self, image: Tensor, alpha: Tensor | None = None) -> Tensor:
-        return self.encode_image(image, alpha)
+    def forward(self, image: Tensor, region_mask: Tensor | None = None) -> Tensor:
+        return self.encode_image(image, region_mask)
 
 
 def _check_quick_gelu(clip: nn.Module) -> None:

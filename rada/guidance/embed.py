@@ -26,23 +26,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rada.annotation import AXES, SparseAnnotation, take_slice
+from rada import __version__
+from rada.annotation import SparseAnnotation, take_slice
+from rada.dataset import default_prompt, load_annotation, read_dataset
+from rada.device import select_device
 from rada.errors import InputError
+from rada.guidance.alpha_clip import AlphaCLIP, build_alpha_clip
 from rada.guidance.preprocess import (
-    ALPHA_MEAN,
-    ALPHA_STD,
     CLIP_MEAN,
     CLIP_STD,
     IMAGE_SIZE,
+    MASK_MEAN,
+    MASK_STD,
     PERCENTILES,
     preprocess_pair,
 )
 from rada.guidance.weights import DEFAULT_VARIANT, ResolvedWeights, resolve
+from rada.io import read_volume
+from rada.safe_write import atomic_path
+from rada.views import AXIS_OF, VIEW_NAMES
 from rada.volume import Volume
 
-#: The three views (named by the axis each view's annotated slice is fixed on).
-VIEWS: tuple[str, str, str] = ("sagittal", "coronal", "axial")
-DEFAULT_PROMPT = "An image containing the {organ}, with the rest being background"
 DEFAULT_FILENAME = "guidance_embeddings.npz"
 FORMAT = 1
 
@@ -68,8 +72,8 @@ class GuidanceEmbeddings:
 
     def __post_init__(self) -> None:
         if self.enabled:
-            if self.text is None or set(self.visual) != set(VIEWS):
-                raise ValueError(f"enabled guidance needs a text and one visual embedding per view {VIEWS}")
+            if self.text is None or set(self.visual) != set(VIEW_NAMES):
+                raise ValueError(f"enabled guidance needs a text and one visual embedding per view {VIEW_NAMES}")
             dims = {int(self.text.numel())} | {int(v.numel()) for v in self.visual.values()}
             if len(dims) != 1:
                 raise ValueError(f"embedding sizes differ: {sorted(dims)}")
@@ -85,14 +89,6 @@ class GuidanceEmbeddings:
     def dim(self) -> int:
         return int(self.text.numel()) if self.text is not None else 0
 
-    def vector(self, view: str) -> Tensor:
-        """``concat(text, visual[view])`` (1024 floats): what the guidance head consumes."""
-        if not self.enabled:
-            raise InputError(f"guidance is off: {self.reason}")
-        if view not in self.visual:
-            raise InputError(f"unknown view {view!r}; use one of {', '.join(VIEWS)}")
-        return torch.cat([self.text.reshape(-1), self.visual[view].reshape(-1)])
-
     def summary(self) -> dict[str, Any]:
         """JSON-safe description (no vectors) for reports."""
         return {"enabled": self.enabled, "reason": self.reason, "organ": self.organ, "prompt": self.prompt,
@@ -101,14 +97,10 @@ class GuidanceEmbeddings:
 
 # --- computing ----------------------------------------------------------------------------
 
-def default_prompt(organ: str) -> str:
-    return DEFAULT_PROMPT.format(organ=organ)
-
-
 def _slices(pairs: Iterable[tuple[Volume, SparseAnnotation]], percentiles: Sequence[float]
             ) -> tuple[dict[str, list[tuple[Tensor, Tensor]]], list[dict[str, list[int]]]]:
-    """Preprocessed (image, alpha) of every annotated slice, per view; the slice indices per case."""
-    out: dict[str, list[tuple[Tensor, Tensor]]] = {v: [] for v in VIEWS}
+    """Preprocessed (image, region_mask) of every annotated slice, per view; the slice indices per case."""
+    out: dict[str, list[tuple[Tensor, Tensor]]] = {v: [] for v in VIEW_NAMES}
     used: list[dict[str, list[int]]] = []
     for n, (image, annotation) in enumerate(pairs):
         if annotation is None:
@@ -117,8 +109,8 @@ def _slices(pairs: Iterable[tuple[Volume, SparseAnnotation]], percentiles: Seque
         if mismatch:
             raise InputError(f"volume {n}: annotation geometry differs from the image: {mismatch}")
         case: dict[str, list[int]] = {}
-        for view in VIEWS:
-            axis = AXES[view]
+        for view in VIEW_NAMES:
+            axis = AXIS_OF[view]
             case[view] = annotation.annotated_slices(axis)
             for idx in case[view]:
                 out[view].append(preprocess_pair(take_slice(image.array, axis, idx),
@@ -126,22 +118,15 @@ def _slices(pairs: Iterable[tuple[Volume, SparseAnnotation]], percentiles: Seque
         used.append(case)
     if not used:
         raise InputError("no labeled volume given: visual embeddings need annotated slices")
-    for view in VIEWS:
+    for view in VIEW_NAMES:
         if not out[view]:
             raise InputError(f"no annotated {view} slice in any labeled volume")
     return out, used
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _versions() -> dict[str, str]:
     import open_clip
 
-    from rada import __version__
 
     return {"rada": __version__, "open_clip": open_clip.__version__, "torch": torch.__version__}
 
@@ -162,8 +147,6 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
         raise InputError("the organ (structure) name is needed for the text prompt")
     prompt = prompt or default_prompt(organ)
     progress = progress or (lambda fraction, message: None)
-    from rada.guidance.alpha_clip import AlphaCLIP, build_alpha_clip
-
     source: dict[str, Any] = {"variant": variant}
     try:
         import open_clip  # noqa: F401  (only checking that it is installed)
@@ -177,7 +160,7 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
             return GuidanceEmbeddings.off(f"guidance off: {exc}", organ, prompt, variant=variant)
     progress(0.0, "preprocessing the annotated slices")
     per_view, used = _slices(zip(images, annotations, strict=True), percentiles)
-    dev = _resolve_device(device)
+    dev = select_device(device)
     if isinstance(weights, AlphaCLIP):
         model = weights
         source.update(variant="in-memory model", sha256={})
@@ -193,23 +176,23 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
     visual: dict[str, Tensor] = {}
     with torch.inference_mode():
         text = model.encode_text(model.tokenize(prompt).to(dev), normalize=True)[0].float().cpu()
-        for view in VIEWS:
+        for view in VIEW_NAMES:
             feats = []
             items = per_view[view]
             for start in range(0, len(items), batch_size):
                 chunk = items[start:start + batch_size]
                 image = torch.stack([c[0] for c in chunk]).to(dev)
-                alpha = torch.stack([c[1] for c in chunk]).to(dev)
-                feats.append(model.encode_image(image, alpha, normalize=True).float().cpu())
+                region_mask = torch.stack([c[1] for c in chunk]).to(dev)
+                feats.append(model.encode_image(image, region_mask, normalize=True).float().cpu())
                 done += len(chunk)
                 progress(0.1 + 0.9 * done / total, f"{view}: {done}/{total} slices")
             mean = torch.cat(feats).mean(0)
             visual[view] = mean / mean.norm().clamp_min(1e-12)
     source.update(versions=_versions(), device=str(dev),
-                  slices={v: len(per_view[v]) for v in VIEWS}, cases=len(used),
+                  slices={v: len(per_view[v]) for v in VIEW_NAMES}, cases=len(used),
                   case_ids=list(case_ids) if case_ids is not None else None, annotated_slices=used,
                   preprocessing={"size": IMAGE_SIZE, "percentiles": list(percentiles), "clip_mean": list(CLIP_MEAN),
-                                 "clip_std": list(CLIP_STD), "alpha_mean": ALPHA_MEAN, "alpha_std": ALPHA_STD},
+                                 "clip_std": list(CLIP_STD), "alpha_mean": MASK_MEAN, "alpha_std": MASK_STD},
                   pooling="l2-normalise each slice, mean per view, l2-normalise",
                   created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     progress(1.0, "done")
@@ -220,16 +203,22 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
 # --- the cache file -------------------------------------------------------------------------
 
 def save_embeddings(emb: GuidanceEmbeddings, path: str | os.PathLike) -> Path:
-    """Write the embeddings (or the "off" record) to an ``.npz`` atomically (no pickle)."""
-    from rada.io import atomic_path
+    """Write the embeddings (or the "off" record) to an ``.npz`` atomically (no pickle).
 
+    Args:
+        emb: the embeddings.
+        path: the target file.
+
+    Returns:
+        ``path`` as a Path.
+    """
     target = Path(path)
     meta = {"format": FORMAT, "enabled": emb.enabled, "organ": emb.organ, "prompt": emb.prompt,
             "reason": emb.reason, "source": emb.source}
     arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta, default=str))}
     if emb.enabled:
         arrays["text"] = emb.text.detach().float().cpu().numpy()
-        for view in VIEWS:
+        for view in VIEW_NAMES:
             arrays[f"visual_{view}"] = emb.visual[view].detach().float().cpu().numpy()
     with atomic_path(target) as tmp:
         with open(tmp, "wb") as f:
@@ -238,8 +227,17 @@ def save_embeddings(emb: GuidanceEmbeddings, path: str | os.PathLike) -> Path:
 
 
 def load_embeddings(path: str | os.PathLike) -> GuidanceEmbeddings:
-    """Read a file written by :func:`save_embeddings` (``rada embed``); a dataset folder means
-    its ``guidance_embeddings.npz``."""
+    """Read a file written by :func:`save_embeddings` (``rada embed``).
+
+    Args:
+        path: the file, or a dataset folder (its ``guidance_embeddings.npz``).
+
+    Returns:
+        The embeddings, or the "off" record with its reason.
+
+    Raises:
+        InputError: missing, unreadable, or not an embeddings file.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / DEFAULT_FILENAME
@@ -258,7 +256,7 @@ def load_embeddings(path: str | os.PathLike) -> GuidanceEmbeddings:
                                       **meta.get("source", {}))
     try:
         text = torch.from_numpy(arrays["text"])
-        visual = {v: torch.from_numpy(arrays[f"visual_{v}"]) for v in VIEWS}
+        visual = {v: torch.from_numpy(arrays[f"visual_{v}"]) for v in VIEW_NAMES}
         return GuidanceEmbeddings(True, text, visual, meta.get("organ", ""), meta.get("prompt", ""),
                                   meta.get("reason", ""), meta.get("source", {}))
     except (KeyError, ValueError) as exc:
@@ -278,9 +276,6 @@ def embed_dataset(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     Without weights the guidance-off record is written, or, with ``allow_off=False``,
     :class:`InputError` says why and nothing is written.
     """
-    from rada.dataset import load_annotation, read_dataset
-    from rada.io import read_volume
-
     spec = read_dataset(dataset)
     cases = spec.labeled(split)
     if not cases:
@@ -304,5 +299,5 @@ def embed_dataset(dataset: str | os.PathLike, out: str | os.PathLike | None = No
     return emb, save_embeddings(emb, target)
 
 
-__all__ = ["VIEWS", "DEFAULT_PROMPT", "DEFAULT_FILENAME", "GuidanceEmbeddings", "default_prompt",
+__all__ = ["DEFAULT_FILENAME", "GuidanceEmbeddings",
            "compute_embeddings", "save_embeddings", "load_embeddings", "embed_dataset"]

@@ -29,9 +29,9 @@ from rada.errors import InputError
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 #: Alpha-CLIP's mask normalisation: ``Normalize(0.5, 0.26)``.
-ALPHA_MEAN, ALPHA_STD = 0.5, 0.26
-ALPHA_FOREGROUND = (1.0 - ALPHA_MEAN) / ALPHA_STD    # +1.923...
-ALPHA_BACKGROUND = (0.0 - ALPHA_MEAN) / ALPHA_STD    # -1.923...
+MASK_MEAN, MASK_STD = 0.5, 0.26
+MASK_FOREGROUND = (1.0 - MASK_MEAN) / MASK_STD    # +1.923...
+MASK_BACKGROUND = (0.0 - MASK_MEAN) / MASK_STD    # -1.923...
 IMAGE_SIZE = 224
 #: DEFAULT percentiles of the intensity clip that maps a slice to [0, 1].
 PERCENTILES: tuple[float, float] = (0.5, 99.5)
@@ -95,12 +95,21 @@ def binary_mask(mask: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def preprocess_mask(mask: np.ndarray | torch.Tensor | None, shape: tuple[int, int] | None = None,
                     size: int = IMAGE_SIZE) -> torch.Tensor:
-    """A 2D mask (or None = "no mask") -> Alpha-CLIP's alpha input ``[1, size, size]``.
+    """A 2D mask as Alpha-CLIP's region-mask input (the paper's "alpha" channel).
 
-    ``mask=None`` gives the "whole image" alpha, +1.923 everywhere (then ``shape`` is unused).
+    Args:
+        mask: the 2D structure mask, or None for "the whole image" (+1.923 everywhere).
+        shape: the image slice's shape, which the mask must match (unused for None).
+        size: the encoder's input side.
+
+    Returns:
+        float32 ``[1, size, size]``, ``(m - 0.5) / 0.26`` after padding to a square and resizing.
+
+    Raises:
+        InputError: not 2D, or a shape that differs from the slice.
     """
     if mask is None:
-        return torch.full((1, size, size), ALPHA_FOREGROUND, dtype=torch.float32)
+        return torch.full((1, size, size), MASK_FOREGROUND, dtype=torch.float32)
     m = binary_mask(mask)
     if m.ndim != 2:
         raise InputError(f"expected a 2D mask, got shape {m.shape}")
@@ -108,21 +117,31 @@ def preprocess_mask(mask: np.ndarray | torch.Tensor | None, shape: tuple[int, in
         raise InputError(f"mask shape {m.shape} differs from the image slice {tuple(shape)}")
     x = _pad_square(torch.from_numpy(m)[None], 0.0)
     x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-    alpha = (x.clamp_(0.0, 1.0) - ALPHA_MEAN) / ALPHA_STD
-    if alpha.abs().max() > ALPHA_FOREGROUND + 1e-4:  # cannot happen after binary_mask; kept as the trap's tripwire
-        raise AssertionError(f"alpha out of range (max |alpha| = {float(alpha.abs().max()):.3f})")
-    return alpha
+    region_mask = (x.clamp_(0.0, 1.0) - MASK_MEAN) / MASK_STD
+    if region_mask.abs().max() > MASK_FOREGROUND + 1e-4:  # cannot happen after binary_mask; kept as the trap's tripwire
+        raise AssertionError(f"region_mask out of range (max |region_mask| = {float(region_mask.abs().max()):.3f})")
+    return region_mask
 
 
 def preprocess_pair(image_slice: np.ndarray, mask: np.ndarray | torch.Tensor | None,
                     size: int = IMAGE_SIZE, percentiles: Sequence[float] = PERCENTILES
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """An image slice and its mask (or None) -> (``[3, S, S]`` image, ``[1, S, S]`` alpha)."""
+    """An image slice and its mask, ready for the Alpha-CLIP visual encoder.
+
+    Args:
+        image_slice: the 2D image slice.
+        mask: its structure mask, or None (the whole image).
+        size: the encoder's input side ``S``.
+        percentiles: the intensity window of the slice.
+
+    Returns:
+        ``([3, S, S]`` image, ``[1, S, S]`` region mask).
+    """
     image = preprocess_image(image_slice, size, percentiles)
-    alpha = preprocess_mask(mask, tuple(np.shape(image_slice)), size)
-    return image, alpha
+    region_mask = preprocess_mask(mask, tuple(np.shape(image_slice)), size)
+    return image, region_mask
 
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "ALPHA_MEAN", "ALPHA_STD", "ALPHA_FOREGROUND", "ALPHA_BACKGROUND",
+__all__ = ["CLIP_MEAN", "CLIP_STD", "MASK_MEAN", "MASK_STD", "MASK_FOREGROUND", "MASK_BACKGROUND",
            "IMAGE_SIZE", "PERCENTILES", "scale_intensity", "preprocess_image", "binary_mask",
            "preprocess_mask", "preprocess_pair"]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from rada.errors import InputError
+from rada.safe_write import atomic_path
 
 CHUNK = 1 << 20
 
@@ -104,8 +105,6 @@ def read_manifest(folder: Path | None = None) -> dict[str, dict]:
 
 
 def _record(folder: Path, filename: str, sha256: str, size: int, origin: str, verified: bool) -> None:
-    from rada.io import atomic_path
-
     files = read_manifest(folder)
     files[filename] = {"sha256": sha256, "size": size, "origin": origin, "verified": verified,
                        "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -255,7 +254,6 @@ def import_file(path: str | os.PathLike, name: str | None = None, folder: Path |
         bar.close()
     if w.sha256 is not None and digest != w.sha256:
         raise InputError(f"{src} is not {w.filename} as published: sha256 {digest}, expected {w.sha256}")
-    from rada.io import atomic_path
 
     dest = folder / w.filename
     with atomic_path(dest) as tmp:

@@ -14,21 +14,9 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from rada.annotation import AXES
 from rada.nets.head import GuidanceHead, HeadConfig
 from rada.nets.vnet import VNet, VNetConfig
-
-
-@dataclass(frozen=True)
-class View:
-    """A co-training view: ``name`` and the array axis of its propagation."""
-
-    name: str
-    axis: int
-
-
-#: The three views in the order of METHOD.md (s, c, a).
-VIEWS: tuple[View, ...] = tuple(View(n, AXES[n]) for n in ("sagittal", "coronal", "axial"))
+from rada.views import VIEWS, View
 
 
 @dataclass(frozen=True)
@@ -108,22 +96,43 @@ class TriViewModel(nn.Module):
         return self.config.head.guided
 
     def set_guidance(self, text: Tensor, visual: Mapping[str, Tensor]) -> None:
-        """Give every view ``concat(text[512], visual[view][512])``."""
+        """Give every view its constant guidance embedding ``concat(text[512], visual[view][512])``.
+
+        Args:
+            text: the text embedding.
+            visual: the visual embedding of each view, by view name.
+        """
         for v, net in self.items():
             net.set_embedding(torch.cat([text.reshape(-1), visual[v.name].reshape(-1)]))
 
     def forward(self, x: Tensor, view: str | None = None) -> Tensor | dict[str, Tensor]:
-        """Logits of one view, or of every view as a dict."""
+        """Logits of one view, or of every view.
+
+        Args:
+            x: the input patch ``[B, 1, Z, Y, X]``.
+            view: a view name, or None for all.
+
+        Returns:
+            ``[B, 2, Z, Y, X]`` logits, or a dict of them by view name.
+        """
         if view is not None:
             return self.nets[view](x)
         return {v.name: net(x) for v, net in self.items()}
 
     @torch.no_grad()
     def probabilities(self, x: Tensor, view: str = "mean") -> Tensor:
-        """Softmax of one view, or the mean of the three views' softmaxes (``view='mean'``)."""
+        """Class probabilities without gradients.
+
+        Args:
+            x: the input patch ``[B, 1, Z, Y, X]``.
+            view: a view name, or ``mean`` (the mean of the three views' softmaxes).
+
+        Returns:
+            ``[B, 2, Z, Y, X]`` probabilities.
+        """
         if view != "mean":
             return torch.softmax(self.nets[view](x).float(), dim=1)
         return torch.stack([torch.softmax(net(x).float(), dim=1) for _, net in self.items()]).mean(0)
 
 
-__all__ = ["View", "VIEWS", "ModelConfig", "ViewNet", "TriViewModel"]
+__all__ = ["ModelConfig", "ViewNet", "TriViewModel"]

@@ -62,7 +62,8 @@ class Up(nn.Sequential):
 class VNet(nn.Module):
     """UA-MT's V-Net without its output convolution: ``forward(x) -> (x5, x9)``.
 
-    Input sizes must be divisible by ``2 ** (len(encoder_blocks) - 1)`` (16 by default).
+    Input sizes must be divisible by ``2 ** (len(encoder_blocks) - 1)`` (16 by default;
+    :func:`rada.patches.check_patch_size` refuses others with a clear message).
     """
 
     def __init__(self, config: VNetConfig = VNetConfig()) -> None:
@@ -93,11 +94,6 @@ class VNet(nn.Module):
         for up, stage, skip in zip(self.up, self.decoder, reversed(skips)):
             x = stage(up(x) + skip)
         return x5, self.dropout(x)
-
-    @property
-    def divisor(self) -> int:
-        """Input sizes must be multiples of this."""
-        return 2 ** (len(self.config.encoder_blocks) - 1)
 
 
 def count_parameters(module: nn.Module) -> int:

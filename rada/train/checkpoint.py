@@ -39,7 +39,7 @@ def versions() -> dict[str, str]:
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` (which must hold ``views``) atomically, adding format, versions and hash."""
-    from rada.io import atomic_path
+    from rada.safe_write import atomic_path
 
     views = {k: {n: t.detach().cpu() for n, t in sd.items()} for k, sd in state["views"].items()}
     full = {**state, "views": views, "format": FORMAT, "format_version": FORMAT_VERSION,

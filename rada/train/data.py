@@ -15,9 +15,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from rada import propagation
 from rada.annotation import SparseAnnotation
-from rada.nets.triview import VIEWS, View
+from rada.dataset import load_case
+from rada.patches import centred_padding
+from rada.safe_write import atomic_path
 from rada.train.schedules import voxel_weights
+from rada.train.validation import ValidationCase
+from rada.views import VIEWS, View
 
 
 @dataclass
@@ -37,7 +42,6 @@ class TrainingData:
 
     labeled: list[LabeledCase]
     unlabeled: list[np.ndarray]
-    unlabeled_ids: list[str] = field(default_factory=list)
     validation: list = field(default_factory=list)   # rada.train.validation.ValidationCase
 
     def __post_init__(self) -> None:
@@ -57,16 +61,35 @@ class Batch:
 
 
 def iteration_rng(seed: int, rank: int, t: int) -> np.random.Generator:
-    """The generator of iteration ``t`` on ``rank``."""
+    """The random generator of one iteration on one rank (a resumed run draws the same).
+
+    Args:
+        seed: the run's seed.
+        rank: this process's rank.
+        t: the iteration.
+
+    Returns:
+        A generator seeded by ``(seed, rank, t)``.
+    """
     return np.random.default_rng([seed, rank, t])
 
 
 def crop_or_pad(arrays: Sequence[np.ndarray], patch: Sequence[int], rng: np.random.Generator,
                 pad_values: Sequence[float] | None = None) -> list[np.ndarray]:
-    """The same random ``patch`` window of every array (padded with ``pad_values`` where smaller)."""
+    """The same random ``patch`` window of every array.
+
+    Args:
+        arrays: arrays of one shape.
+        patch: the window size.
+        rng: the iteration's generator.
+        pad_values: per array, the value to pad with where it is smaller than ``patch`` (0).
+
+    Returns:
+        The windows, in the order of ``arrays``.
+    """
     shape = arrays[0].shape
     pad_values = pad_values or [0] * len(arrays)
-    pads = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for s, p in zip(shape, patch)]
+    pads = centred_padding(shape, patch)
     if any(a or b for a, b in pads):
         arrays = [np.pad(a, pads, constant_values=v) for a, v in zip(arrays, pad_values)]
         shape = arrays[0].shape
@@ -79,6 +102,13 @@ def rot_flip(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.
     """The same random rot90 in the axial (y, x) plane and flip of a (y or x) axis for all arrays.
 
     A non-square axial patch is only rotated by 0 or 180 degrees so its shape stays.
+
+    Args:
+        arrays: ``[z, y, x]`` arrays of one shape.
+        rng: the iteration's generator.
+
+    Returns:
+        The augmented arrays (contiguous copies).
     """
     _, ny, nx = arrays[0].shape
     k = int(rng.integers(0, 4)) if ny == nx else 2 * int(rng.integers(0, 2))
@@ -86,12 +116,12 @@ def rot_flip(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.
     return [np.ascontiguousarray(np.flip(np.rot90(a, k, axes=(1, 2)), axis=axis)) for a in arrays]
 
 
-def sample_batch(data: TrainingData, t: int, alpha: float, patch: Sequence[int], labeled_batch: int = 2,
+def sample_batch(data: TrainingData, t: int, decay: float, patch: Sequence[int], labeled_batch: int = 2,
                  unlabeled_batch: int = 2, seed: int = 0, rank: int = 0, augment: bool = True,
                  views: Sequence[View] = VIEWS) -> Batch:
     """Two streams: ``labeled_batch`` labeled + ``unlabeled_batch`` unlabeled patches.
 
-    Labeled patches carry each view's pseudo-label and its voxel weights ``alpha**d``
+    Labeled patches carry each view's pseudo-label and its voxel weights ``decay**d``
     (1 on annotated planes), cropped and augmented together with the image. Without
     unlabeled cases the unlabeled stream is empty.
     """
@@ -106,7 +136,7 @@ def sample_batch(data: TrainingData, t: int, alpha: float, patch: Sequence[int],
         pad = [float(c.image.min())] + [0] * len(views) + [np.iinfo(np.uint16).max] * len(views) + [False]
         arrays = crop_or_pad(arrays, patch, rng, pad)
         n = len(views)
-        w = [voxel_weights(arrays[1 + n + j], arrays[-1], alpha) for j in range(n)]
+        w = [voxel_weights(arrays[1 + n + j], arrays[-1], decay) for j in range(n)]
         group = [arrays[0]] + arrays[1:1 + n] + w
         if augment:
             group = rot_flip(group, rng)
@@ -129,17 +159,25 @@ def sample_batch(data: TrainingData, t: int, alpha: float, patch: Sequence[int],
 
 def pseudo_labels_from_propagation(result: object, annotation: SparseAnnotation,
                                    views: Sequence[View] = VIEWS) -> tuple[dict, dict, np.ndarray]:
-    """Per-view (labels, distance) from a ``rada.propagation.PropagationResult``; the annotated
-    planes are pasted (ground truth) onto every view's pseudo-label."""
+    """Per-view pseudo-labels and distances from a propagation, ready for training.
+
+    Args:
+        result: a :class:`rada.propagation.PropagationResult`.
+        annotation: the sparse annotation; its annotated voxels (the ground truth) are pasted
+            onto every view's pseudo-label.
+        views: the views to take.
+
+    Returns:
+        ``(labels, distance, annotated)``: uint8 labels and uint16 distances by view (unknown
+        distances become the largest, i.e. weight 0), and the bool mask of annotated voxels.
+    """
     known = annotation.known()
     labels, distance = {}, {}
     for v in views:
         pv = result.views[v.name]  # type: ignore[attr-defined]
-        lab = np.asarray(pv.label, np.uint8).copy()
-        lab[known] = annotation.array[known]
-        labels[v.name] = lab
+        labels[v.name] = annotation.paste(np.asarray(pv.label, np.uint8).copy())
         d = np.asarray(pv.distance, dtype=np.float64)
-        # unknown / infinite / negative distances -> the largest: weight alpha**65535 = 0
+        # unknown / infinite / negative distances -> the largest: weight decay**65535 = 0
         d = np.where(np.isfinite(d) & (d >= 0), d, np.inf)
         distance[v.name] = np.minimum(d, np.iinfo(np.uint16).max).astype(np.uint16)
     return labels, distance, known
@@ -156,10 +194,21 @@ def _cache_key(image: np.ndarray, annotation: SparseAnnotation, config: object) 
 def cached_pseudo_labels(case_id: str, image, annotation: SparseAnnotation, cache_dir: str | os.PathLike,
                          propagate: Callable | None = None, config: object = None,
                          views: Sequence[View] = VIEWS) -> tuple[dict, dict, np.ndarray]:
-    """Pseudo-labels of one labeled case, computed once by propagation and cached in
-    ``cache_dir/<id>.npz`` (keyed by a hash of image, annotation and propagation config)."""
-    from rada.io import atomic_path
+    """Pseudo-labels of one labeled case, computed once by propagation and cached.
 
+    Args:
+        case_id: names the cache file, ``cache_dir/<id>.npz``.
+        image: the case's image.
+        annotation: its sparse annotation.
+        cache_dir: where the cache file lives; the file is keyed by a hash of image,
+            annotation and ``config``, so a change recomputes it.
+        propagate: the propagation function (default :func:`rada.propagation.propagate`).
+        config: its configuration (default :class:`rada.propagation.PropagationConfig`).
+        views: the views to return.
+
+    Returns:
+        As :func:`pseudo_labels_from_propagation`.
+    """
     cache = Path(cache_dir) / f"{case_id}.npz"
     key = _cache_key(image.array, annotation, config)
     if cache.exists():
@@ -168,10 +217,8 @@ def cached_pseudo_labels(case_id: str, image, annotation: SparseAnnotation, cach
                 return ({v.name: z[f"label_{v.name}"] for v in views},
                         {v.name: z[f"distance_{v.name}"] for v in views}, z["annotated"])
     if propagate is None:
-        from rada.propagation import PropagationConfig, propagate as _propagate
-
-        propagate = _propagate
-        config = config if config is not None else PropagationConfig()
+        propagate = propagation.propagate
+        config = config if config is not None else propagation.PropagationConfig()
     result = propagate(image, annotation, config) if config is not None else propagate(image, annotation)
     labels, distance, known = pseudo_labels_from_propagation(result, annotation, views)
     with atomic_path(cache) as tmp:
@@ -187,29 +234,23 @@ def load_training_data(spec, cache_dir: str | os.PathLike, propagation_config: o
     """Load a :class:`rada.dataset.DatasetSpec`'s training split: z-scored images, pseudo-labels
     (propagated once per labeled case, cached in ``cache_dir``), unlabeled images.
     ``transform`` (e.g. a downscale, in tests) is applied to every array before use."""
-    from rada.dataset import load_case
-
     tf = transform or (lambda a: a)
-    labeled, unlabeled, uids = [], [], []
+    labeled, unlabeled = [], []
     for c in spec.split("train"):
         if progress:
             progress(c.id)
         image, ann, _ = load_case(spec, c)  # the dataset's protocol (e.g. CT window/crop/spacing), z-scored
         if ann is None:
             unlabeled.append(tf(image.array))
-            uids.append(c.id)
             continue
         labels, dist, known = cached_pseudo_labels(c.id, image, ann, cache_dir, config=propagation_config)
         labeled.append(LabeledCase(c.id, tf(image.array), {k: tf(v) for k, v in labels.items()},
                                    {k: tf(v) for k, v in dist.items()}, tf(known)))
-    return TrainingData(labeled, unlabeled, uids, load_validation(spec, transform))
+    return TrainingData(labeled, unlabeled, load_validation(spec, transform))
 
 
 def load_validation(spec, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> list:
     """The ``val`` split's cases that carry a dense ``label`` (z-scored image, binary label)."""
-    from rada.dataset import load_case
-    from rada.train.validation import ValidationCase
-
     tf = transform or (lambda a: a)
     cases = []
     for c in spec.split("val"):

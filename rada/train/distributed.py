@@ -1,6 +1,6 @@
-"""Device selection and torch.distributed (torchrun) set-up, falling back to one process.
+"""torch.distributed (torchrun) set-up, falling back to one process.
 
-Select the device once (:func:`select_device`) and pass it down; never assume CUDA.
+The device is chosen once, by :func:`rada.device.select_device`, and passed down.
 Under ``torchrun`` (``WORLD_SIZE > 1``) every process trains on its own batches and the
 three views' gradients are averaged by DDP (NCCL on CUDA, gloo on CPU).
 """
@@ -31,25 +31,15 @@ class DistInfo:
         return self.rank == 0
 
 
-def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: this process's CUDA device when there is one, else CPU; ``cpu`` / ``cuda`` / ``cuda:N``."""
-    if preference == "auto":
-        preference = "cuda" if torch.cuda.is_available() else "cpu"
-    if preference.startswith("cuda"):
-        if not torch.cuda.is_available():
-            from rada.errors import InputError
-
-            raise InputError("--device cuda asked for, but torch sees no CUDA GPU")
-        if preference == "cuda":
-            preference = f"cuda:{local_rank % torch.cuda.device_count()}"
-        device = torch.device(preference)
-        torch.cuda.set_device(device)
-        return device
-    return torch.device(preference)
-
-
 def init_distributed(device: torch.device | None = None) -> DistInfo:
-    """Join the torchrun job described by the environment, if any (idempotent)."""
+    """Join the torchrun job described by the environment, if any (idempotent).
+
+    Args:
+        device: this process's device (CUDA: NCCL, otherwise gloo).
+
+    Returns:
+        This process's place in the job (rank 0 of 1 without torchrun).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -61,12 +51,25 @@ def init_distributed(device: torch.device | None = None) -> DistInfo:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait for every rank (nothing without distribution).
+
+    Args:
+        info: this process's place in the job.
+    """
     if info.enabled and dist.is_initialized():
         dist.barrier()
 
 
 def all_gather_objects(obj: object, info: DistInfo) -> list:
-    """Every rank's ``obj`` (a one-element list without distribution)."""
+    """Gather one picklable object from every rank.
+
+    Args:
+        obj: this rank's object.
+        info: this process's place in the job.
+
+    Returns:
+        Every rank's ``obj`` in rank order (a one-element list without distribution).
+    """
     if not info.enabled:
         return [obj]
     out: list = [None] * info.world_size
@@ -74,13 +77,4 @@ def all_gather_objects(obj: object, info: DistInfo) -> list:
     return out
 
 
-def average(value: float, info: DistInfo, device: torch.device) -> float:
-    """Mean of a scalar over ranks (for logging)."""
-    if not info.enabled:
-        return float(value)
-    t = torch.tensor([float(value)], device=device, dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item()) / info.world_size
-
-
-__all__ = ["DistInfo", "select_device", "init_distributed", "barrier", "all_gather_objects", "average"]
+__all__ = ["DistInfo", "init_distributed", "barrier", "all_gather_objects"]

@@ -9,9 +9,19 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from rada.errors import InputError
+
 
 def sigmoid_ramp(x: float, length: float) -> float:
-    """``exp(-5 (1 - clip(x, 0, L) / L)^2)``; 1 when ``length`` is 0."""
+    """The sigmoid ramp-up of Laine & Aila, ``exp(-5 (1 - clip(x, 0, L) / L)^2)``.
+
+    Args:
+        x: the position on the ramp.
+        length: ``L``, where the ramp reaches 1.
+
+    Returns:
+        A value in (0, 1]; 1 when ``length`` is 0.
+    """
     if length <= 0:
         return 1.0
     p = min(max(float(x), 0.0), float(length)) / float(length)
@@ -52,14 +62,33 @@ class ScheduleConfig:
 
 
 def learning_rate(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
-    """Step schedule applied to ALL optimisers: ``base_lr * gamma^(#milestones <= t)``."""
+    """Step schedule applied to ALL optimisers: ``base_lr * gamma^(#milestones <= t)``.
+
+    Args:
+        t: the iteration.
+        cfg: the schedule.
+
+    Returns:
+        The learning rate at ``t``.
+    """
     return cfg.base_lr * cfg.lr_gamma ** sum(t >= m for m in cfg.lr_milestones)
 
 
-def alpha(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
-    """Voxel-weight base: ``alpha_start`` before the first refresh, then, refreshed every
-    ``alpha_refresh`` iterations, ``0.5 (cos(pi min(t'//150, 40) / 40) + 1)`` at ``t'`` the last
-    refresh (1000 -> 0.946, 2000 -> 0.761, 3000 -> 0.5, 4000 -> 0.273, 5000 -> 0.074)."""
+def distance_decay(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
+    """The decay base of the voxel weights ``decay ** d`` at iteration ``t`` (METHOD.md's alpha).
+
+    ``alpha_start`` before the first refresh, then, refreshed every ``alpha_refresh``
+    iterations, ``0.5 (cos(pi min(t'//150, 40) / 40) + 1)`` at ``t'`` the last refresh
+    (1000 -> 0.946, 2000 -> 0.761, 3000 -> 0.5, 4000 -> 0.273, 5000 -> 0.074). The config keys
+    keep METHOD.md's name, ``alpha_*``.
+
+    Args:
+        t: the iteration.
+        cfg: the schedule.
+
+    Returns:
+        The decay base in [0, 1].
+    """
     refreshed = (t // cfg.alpha_refresh) * cfg.alpha_refresh
     if refreshed == 0:
         return cfg.alpha_start
@@ -68,22 +97,55 @@ def alpha(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
 
 
 def beta(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
-    """Unsupervised weight ``beta_max * ramp(t // 150, 40)``."""
+    """Unsupervised weight ``beta_max * ramp(t // 150, 40)``.
+
+    Args:
+        t: the iteration.
+        cfg: the schedule.
+
+    Returns:
+        The weight of the cross-view loss at ``t``.
+    """
     return cfg.beta_max * sigmoid_ramp(t // cfg.beta_step, cfg.beta_steps)
 
 
 def entropy_threshold(t: int, cfg: ScheduleConfig = ScheduleConfig()) -> float:
-    """Certainty threshold on the teachers' entropy (nats): ``(0.75 + 0.25 ramp(t, T)) ln 2``."""
+    """Certainty threshold on the teachers' entropy: ``(0.75 + 0.25 ramp(t, T)) ln 2``.
+
+    Args:
+        t: the iteration.
+        cfg: the schedule.
+
+    Returns:
+        The threshold in nats.
+    """
     length = cfg.iterations if cfg.entropy_ramp is None else cfg.entropy_ramp
     return (cfg.entropy_base + cfg.entropy_gain * sigmoid_ramp(t, length)) * math.log(2.0)
 
 
-def voxel_weights(distance: np.ndarray, annotated: np.ndarray, a: float) -> np.ndarray:
-    """``a ** distance`` with 1 on annotated voxels (the formula of ``rada.propagation.alpha_weights``)."""
-    w = np.power(np.float32(a), distance.astype(np.float32))
-    w[annotated] = 1.0
+def voxel_weights(distance: np.ndarray, annotated: np.ndarray, decay: float) -> np.ndarray:
+    """The voxel weights of a pseudo-label, ``decay ** distance`` (METHOD.md 2's alpha^d).
+
+    Args:
+        distance: slices from each voxel to its view's nearest annotated slice.
+        annotated: bool mask of the annotated voxels (same shape).
+        decay: the decay base (METHOD.md's alpha), in [0, 1].
+
+    Returns:
+        float32 weights, exactly 1 on annotated voxels.
+
+    Raises:
+        InputError: shapes differ or ``decay`` is outside [0, 1].
+    """
+    known = np.asarray(annotated, dtype=bool)
+    if known.shape != np.shape(distance):
+        raise InputError(f"annotated mask shape {known.shape} differs from the distance map {np.shape(distance)}")
+    if not 0.0 <= decay <= 1.0:
+        raise InputError(f"the decay base (alpha) must be in [0, 1], got {decay}")
+    w = np.power(np.float32(decay), np.asarray(distance).astype(np.float32))
+    w[known] = 1.0
     return w
 
 
-__all__ = ["ScheduleConfig", "sigmoid_ramp", "learning_rate", "alpha", "beta", "entropy_threshold",
+__all__ = ["ScheduleConfig", "sigmoid_ramp", "learning_rate", "distance_decay", "beta", "entropy_threshold",
            "voxel_weights"]

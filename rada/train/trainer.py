@@ -30,14 +30,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from rada.device import select_device
 from rada.errors import InputError
 from rada.nets.triview import ModelConfig, TriViewModel
+from rada.patches import check_patch_size
 from rada.train import checkpoint as checkpoints
 from rada.train import schedules as S
 from rada.train.config import load_config
 from rada.train.cotraining import certainty_mask, teacher_mean_probability, view_losses
 from rada.train.data import Batch, TrainingData, sample_batch
-from rada.train.distributed import DistInfo, all_gather_objects, barrier, init_distributed, select_device
+from rada.train.distributed import DistInfo, all_gather_objects, barrier, init_distributed
 from rada.train.guidance_choice import choose_guidance, with_guidance
 from rada.train.run_log import RunLog
 from rada.train.validation import ValidationScores, validate
@@ -129,10 +131,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
-        divisor = 2 ** (len(self.model.backbone.encoder_blocks) - 1)
-        if len(self.patch_size) != 3 or any(p < divisor or p % divisor for p in self.patch_size):
-            raise InputError(f"patch_size {list(self.patch_size)} must be three multiples of {divisor} "
-                             f"(the V-Net halves the size {divisor.bit_length() - 1} times)")
+        check_patch_size(self.patch_size, len(self.model.backbone.encoder_blocks))
         return self
 
 
@@ -356,7 +355,7 @@ class Trainer:
         """
         cfg, sch = self.config, self.config.schedule
         torch.manual_seed(_iteration_seed(cfg.seed, self.dist.rank, t))
-        alpha = S.alpha(t, sch)
+        alpha = S.distance_decay(t, sch)
         batch = sample_batch(self.data, t, alpha, cfg.patch_size, cfg.labeled_batch, cfg.unlabeled_batch,
                              cfg.seed, self.dist.rank, cfg.augment, self.model.views)
         return IterationBatch(t, batch, alpha, S.beta(t, sch), S.entropy_threshold(t, sch), S.learning_rate(t, sch))

@@ -165,7 +165,7 @@ class _HookRecorder(Trainer):
 def test_fit_is_the_sequence_of_hooks(la_data, tmp_path):
     first = la_data.labeled[0]
     val = [ValidationCase(first.id, first.image, next(iter(first.labels.values())))]
-    data = TrainingData(la_data.labeled, la_data.unlabeled, la_data.unlabeled_ids, val)
+    data = TrainingData(la_data.labeled, la_data.unlabeled, val)
     trainer = _HookRecorder(tiny_config(3, checkpoint_every=2, validate_every=2), data, tmp_path / "h")
     result = trainer.fit()
     assert trainer.calls == [

@@ -89,8 +89,9 @@ def run_propagate(args: argparse.Namespace) -> int:
     check_outputs((args.out, None), (args.fused, VOLUME_SUFFIXES))
     image = read_volume(args.image)
     annotation = read_annotation(args.annotation, reference=image).validate(image)
-    config = PropagationConfig(transform=args.transform, preset=args.preset, workers=args.workers,
-                               seed=args.seed, crop=not args.no_crop)
+    # the flag's historical names: fast = registration at half resolution
+    config = PropagationConfig(transform=args.transform, resolution={"full": "full", "fast": "half"}[args.preset],
+                               workers=args.workers, seed=args.seed, crop=not args.no_crop)
     bar, progress = stderr_progress("propagate")
     try:
         result = propagate(image, annotation, config,

@@ -20,7 +20,8 @@ from rada.dataset import DatasetSpec, read_dataset
 from rada.errors import InputError
 from rada.train.checkpoint import load_checkpoint
 from rada.train.data import load_training_data
-from rada.train.distributed import barrier, init_distributed, select_device
+from rada.device import select_device
+from rada.train.distributed import barrier, init_distributed
 from rada.train.guidance_choice import choose_guidance, with_guidance
 from rada.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainResult
 

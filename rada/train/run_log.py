@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from rada.io import atomic_path
+from rada.safe_write import atomic_path
 
 LOG_NAME = "log.csv"
 CURVE_NAME = "loss.png"

@@ -21,7 +21,14 @@ FORMAT_VERSION = 1
 
 
 def content_hash(views: Mapping[str, Mapping[str, torch.Tensor]]) -> str:
-    """sha256 of the views' weights (names, dtypes, shapes and bytes, in a fixed order)."""
+    """sha256 of the views' weights (names, dtypes, shapes and bytes, in a fixed order).
+
+    Args:
+        views: view name -> state dict of that view's network.
+
+    Returns:
+        The hex digest; equal for equal weights regardless of device or dict order.
+    """
     h = hashlib.sha256()
     for view in sorted(views):
         for name in sorted(views[view]):
@@ -32,13 +39,27 @@ def content_hash(views: Mapping[str, Mapping[str, torch.Tensor]]) -> str:
 
 
 def versions() -> dict[str, str]:
+    """Versions recorded in every checkpoint.
+
+    Returns:
+        ``{"rada": ..., "torch": ..., "python": ...}``.
+    """
     from rada import __version__
 
     return {"rada": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` (which must hold ``views``) atomically, adding format, versions and hash."""
+    """Write ``state`` atomically, adding format, versions and content hash.
+
+    Args:
+        state: the checkpoint contents; must hold ``views`` (view name -> state dict). The
+            tensors are copied to the CPU before saving.
+        path: the target file; written via a temporary file, so a crash leaves no half file.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
     from rada.safe_write import atomic_path
 
     views = {k: {n: t.detach().cpu() for n, t in sd.items()} for k, sd in state["views"].items()}
@@ -51,7 +72,19 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
-    """Read a checkpoint (on the CPU) and check its format and content hash."""
+    """Read a checkpoint (on the CPU) and check its format and content hash.
+
+    Args:
+        path: the checkpoint file.
+        verify: recompute the content hash and compare it with the stored one.
+
+    Returns:
+        The checkpoint dict as written by :func:`save_checkpoint`.
+
+    Raises:
+        InputError: the file is missing, unreadable, not a RADA checkpoint, or (with
+            ``verify``) its weights do not match its content hash.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"no checkpoint at {p}")

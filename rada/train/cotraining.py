@@ -20,11 +20,16 @@ from rada.train.losses import entropy, masked_cross_entropy, supervised_loss
 
 @contextlib.contextmanager
 def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
-    """Within the block, batch statistics are still used (train mode) but the running statistics
-    (and ``num_batches_tracked``) of every batch norm in ``module`` are left unchanged.
+    """Context manager: keep batch-norm running statistics unchanged within the block.
+
+    Batch statistics are still used (train mode), but the running statistics (and
+    ``num_batches_tracked``) of every batch norm in ``module`` are restored on exit.
 
     Args:
         module: a network with batch-norm layers.
+
+    Yields:
+        None.
     """
     saved = []
     for m in module.modules():

@@ -38,7 +38,16 @@ class LabeledCase:
 
 @dataclass
 class TrainingData:
-    """What the trainer samples from: labeled cases and unlabeled images (z-scored)."""
+    """What the trainer samples from: labeled cases and unlabeled images (z-scored).
+
+    Attributes:
+        labeled: the labeled cases (at least one).
+        unlabeled: z-scored float32 images ``[z, y, x]`` without annotation.
+        validation: :class:`rada.train.validation.ValidationCase` list (may be empty).
+
+    Raises:
+        ValueError: ``labeled`` is empty.
+    """
 
     labeled: list[LabeledCase]
     unlabeled: list[np.ndarray]
@@ -51,8 +60,14 @@ class TrainingData:
 
 @dataclass
 class Batch:
-    """One iteration's input: ``image`` [B_l + B_u, 1, Z, Y, X]; per view, labels and weights of
-    the first ``n_labeled`` samples."""
+    """One iteration's input.
+
+    Attributes:
+        image: float32 ``[B_l + B_u, 1, Z, Y, X]``; the labeled patches come first.
+        labels: view name -> int64 ``[B_l, Z, Y, X]`` pseudo-labels of the labeled patches.
+        weights: view name -> float32 ``[B_l, Z, Y, X]`` voxel weights of those labels.
+        n_labeled: ``B_l``, the number of labeled samples at the front of ``image``.
+    """
 
     image: np.ndarray
     labels: dict[str, np.ndarray]
@@ -119,11 +134,28 @@ def rot_flip(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.
 def sample_batch(data: TrainingData, t: int, decay: float, patch: Sequence[int], labeled_batch: int = 2,
                  unlabeled_batch: int = 2, seed: int = 0, rank: int = 0, augment: bool = True,
                  views: Sequence[View] = VIEWS) -> Batch:
-    """Two streams: ``labeled_batch`` labeled + ``unlabeled_batch`` unlabeled patches.
+    """Sample one iteration's batch from two streams, labeled and unlabeled patches.
 
     Labeled patches carry each view's pseudo-label and its voxel weights ``decay**d``
     (1 on annotated planes), cropped and augmented together with the image. Without
     unlabeled cases the unlabeled stream is empty.
+
+    Args:
+        data: the cases to sample from.
+        t: iteration index; with ``seed`` and ``rank`` it seeds the generator, so a batch is
+            reproducible (exact resume).
+        decay: per-slice weight decay of a pseudo-label away from its seed plane.
+        patch: patch size ``[z, y, x]``; smaller volumes are padded.
+        labeled_batch: labeled patches per batch (cases drawn with replacement only when there
+            are fewer cases than this).
+        unlabeled_batch: unlabeled patches per batch.
+        seed: run seed.
+        rank: distributed rank (each rank draws different patches).
+        augment: apply the same random axial rotation and flip to a patch and its labels.
+        views: the views whose labels and weights are returned.
+
+    Returns:
+        The :class:`Batch`.
     """
     rng = iteration_rng(seed, rank, t)
     nl, nu = len(data.labeled), len(data.unlabeled)
@@ -231,9 +263,25 @@ def cached_pseudo_labels(case_id: str, image, annotation: SparseAnnotation, cach
 def load_training_data(spec, cache_dir: str | os.PathLike, propagation_config: object = None,
                        transform: Callable[[np.ndarray], np.ndarray] | None = None,
                        progress: Callable[[str], None] | None = None) -> TrainingData:
-    """Load a :class:`rada.dataset.DatasetSpec`'s training split: z-scored images, pseudo-labels
-    (propagated once per labeled case, cached in ``cache_dir``), unlabeled images.
-    ``transform`` (e.g. a downscale, in tests) is applied to every array before use."""
+    """Load a :class:`rada.dataset.DatasetSpec`'s training split.
+
+    Images are loaded with the dataset's protocol and z-scored; pseudo-labels are propagated
+    once per labeled case and cached in ``cache_dir``; cases without annotation become
+    unlabeled images; the ``val`` split becomes the validation cases.
+
+    Args:
+        spec: the dataset spec.
+        cache_dir: folder of the cached pseudo-labels.
+        propagation_config: propagation settings for the pseudo-labels (None: the defaults).
+        transform: applied to every array before use (e.g. a downscale, in tests).
+        progress: called with each case id as it is loaded.
+
+    Returns:
+        The :class:`TrainingData`.
+
+    Raises:
+        ValueError: the split holds no annotated case.
+    """
     tf = transform or (lambda a: a)
     labeled, unlabeled = [], []
     for c in spec.split("train"):
@@ -250,7 +298,16 @@ def load_training_data(spec, cache_dir: str | os.PathLike, propagation_config: o
 
 
 def load_validation(spec, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> list:
-    """The ``val`` split's cases that carry a dense ``label`` (z-scored image, binary label)."""
+    """The ``val`` split's cases that carry a dense ``label``.
+
+    Args:
+        spec: the :class:`rada.dataset.DatasetSpec`.
+        transform: applied to the image and the label before use.
+
+    Returns:
+        :class:`~rada.train.validation.ValidationCase` list (z-scored image, binary label);
+        empty when no validation case has a label.
+    """
     tf = transform or (lambda a: a)
     cases = []
     for c in spec.split("val"):

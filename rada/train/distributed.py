@@ -16,7 +16,13 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistInfo:
-    """This process's place in the job (rank 0 of 1 without torchrun)."""
+    """This process's place in the job (rank 0 of 1 without torchrun).
+
+    Attributes:
+        rank: global rank of this process.
+        world_size: number of processes in the job.
+        local_rank: rank on this node (``LOCAL_RANK``).
+    """
 
     rank: int = 0
     world_size: int = 1
@@ -24,10 +30,12 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """True when the job has more than one process."""
         return self.world_size > 1
 
     @property
     def main(self) -> bool:
+        """True on rank 0 (the process that logs, validates and writes checkpoints)."""
         return self.rank == 0
 
 

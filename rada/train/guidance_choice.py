@@ -40,7 +40,11 @@ class GuidanceChoice:
         return self.embeddings is not None
 
     def summary(self) -> dict[str, Any]:
-        """``{"enabled": bool, "reason": str}`` for reports and the service."""
+        """The choice for reports and the service.
+
+        Returns:
+            ``{"enabled": bool, "reason": str}``.
+        """
         return {"enabled": self.enabled, "reason": self.reason}
 
 

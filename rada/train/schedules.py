@@ -48,8 +48,17 @@ class ScheduleConfig:
     entropy_ramp: int | None = None   # None: the run's length (6000)
 
     def scaled(self, iterations: int) -> "ScheduleConfig":
-        """The same schedule shape compressed (or stretched) to ``iterations``: lr milestones,
-        alpha refresh/step and beta step scale with the run (for reduced or time-boxed runs)."""
+        """The same schedule shape compressed (or stretched) to ``iterations``.
+
+        The lr milestones, alpha refresh/step, beta step and entropy ramp scale with the run
+        (for reduced or time-boxed runs); every scaled step is at least 1.
+
+        Args:
+            iterations: length of the new run.
+
+        Returns:
+            A new :class:`ScheduleConfig`.
+        """
         f = iterations / self.iterations
 
         def sc(v: int) -> int:

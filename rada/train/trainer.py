@@ -74,7 +74,11 @@ class TrainConfig:
     progress: bool = True
 
     def as_dict(self) -> dict:
-        """The config as nested dicts (stored in checkpoints)."""
+        """The config as nested dicts (stored in checkpoints).
+
+        Returns:
+            ``dataclasses.asdict`` of the config.
+        """
         return asdict(self)
 
     @classmethod
@@ -161,7 +165,11 @@ class Guidance:
                    str(getattr(emb, "reason", "") or ""))
 
     def as_dict(self) -> dict:
-        """The checkpoint's ``guidance`` entry."""
+        """The checkpoint's ``guidance`` entry.
+
+        Returns:
+            ``{"enabled": True, "text", "visual", "reason"}`` holding the tensors.
+        """
         return {"enabled": True, "text": self.text, "visual": dict(self.visual), "reason": self.reason}
 
 

@@ -20,7 +20,13 @@ from rada.nets.triview import TriViewModel
 
 @dataclass
 class ValidationCase:
-    """A held-out case: z-scored image and dense reference, both ``[z, y, x]``."""
+    """A held-out case: z-scored image and dense reference, both ``[z, y, x]``.
+
+    Attributes:
+        id: the case id in the dataset.
+        image: float32 z-scored image ``[z, y, x]``.
+        label: binary reference ``[z, y, x]``.
+    """
 
     id: str
     image: np.ndarray
@@ -29,7 +35,15 @@ class ValidationCase:
 
 @dataclass(frozen=True)
 class ValidationScores:
-    """Mean Dice over the cases, mean HD95 (voxels) over the non-empty predictions."""
+    """Mean Dice over the cases, mean HD95 (voxels) over the non-empty predictions.
+
+    Attributes:
+        dice: mean Dice over all cases (an empty prediction scores 0).
+        hd95: mean 95th-percentile Hausdorff distance in voxels over the non-empty
+            predictions; None when every prediction is empty.
+        empty: number of cases whose prediction is empty.
+        per_case: case id -> Dice.
+    """
 
     dice: float
     hd95: float | None
@@ -37,6 +51,11 @@ class ValidationScores:
     per_case: dict[str, float]
 
     def as_dict(self) -> dict:
+        """The scores as a JSON-serialisable dict.
+
+        Returns:
+            ``{"dice", "hd95", "empty", "per_case"}``.
+        """
         return {"dice": self.dice, "hd95": self.hd95, "empty": self.empty, "per_case": dict(self.per_case)}
 
 

@@ -33,11 +33,20 @@ class HeadConfig:
 
     @property
     def guided(self) -> bool:
+        """True when the head takes a guidance embedding (``embedding_dim > 0``)."""
         return self.embedding_dim > 0
 
 
 def group_norm(channels: int, groups: int = 16) -> nn.GroupNorm:
-    """GroupNorm with ``groups`` groups, or fewer when ``channels`` is not a multiple (narrow test nets)."""
+    """GroupNorm with ``groups`` groups, or fewer when ``channels`` is not a multiple (narrow test nets).
+
+    Args:
+        channels: channels to normalise.
+        groups: wanted number of groups; ``gcd(groups, channels)`` is used.
+
+    Returns:
+        The :class:`torch.nn.GroupNorm` layer.
+    """
     return nn.GroupNorm(math.gcd(groups, channels), channels)
 
 
@@ -69,10 +78,35 @@ class GuidanceHead(nn.Module):
         self.classifier = nn.Conv3d(hidden, config.num_classes, 1)
 
     def region_embedding(self, embedding: Tensor) -> Tensor:
-        """E_ra for a ``[1024]`` or ``[B, 1024]`` embedding -> ``[B, 256]`` (B = 1 for a vector)."""
+        """E_ra, the projected region embedding.
+
+        Args:
+            embedding: ``[embedding_dim]`` (1024) or ``[B, embedding_dim]`` guidance embedding.
+
+        Returns:
+            ``[B, projection_dim]`` (256); B = 1 for a vector.
+        """
         return self.projection(self.adapter(embedding.reshape(-1, self.config.embedding_dim)))
 
     def forward(self, x5: Tensor, x9: Tensor, embedding: Tensor | None = None) -> Tensor:
+        """Class logits from the backbone's bottleneck and last decoder features.
+
+        The bottleneck is pooled (with the region embedding appended when guided) and the
+        controller turns it into a per-channel shift added to the decoder features before the
+        classifier.
+
+        Args:
+            x5: bottleneck features ``[B, C5, z, y, x]``.
+            x9: last decoder features ``[B, C, Z, Y, X]``.
+            embedding: ``[1024]`` or ``[B, 1024]`` guidance embedding; required when guided,
+                ignored otherwise.
+
+        Returns:
+            Logits ``[B, num_classes, Z, Y, X]``.
+
+        Raises:
+            ValueError: the head is guided and ``embedding`` is None.
+        """
         g = self.gap(x5)                                           # [B, C5, 1, 1, 1]
         if self.config.guided:
             if embedding is None:

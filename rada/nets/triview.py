@@ -28,16 +28,38 @@ class ModelConfig:
 
     @classmethod
     def make(cls, width: int = 16, guidance: bool = True, **head: object) -> "ModelConfig":
-        """Shortcut: ``ModelConfig.make(width=4, guidance=False)``."""
+        """Shortcut: ``ModelConfig.make(width=4, guidance=False)``.
+
+        Args:
+            width: first backbone stage's channels.
+            guidance: build the guidance head input (1024-d embedding) or not.
+            **head: further :class:`HeadConfig` fields.
+
+        Returns:
+            The :class:`ModelConfig`.
+        """
         return cls(VNetConfig(width=width), HeadConfig(embedding_dim=1024 if guidance else 0, **head))
 
     def as_dict(self) -> dict:
+        """The config as nested dicts (stored in checkpoints).
+
+        Returns:
+            ``dataclasses.asdict`` of the config.
+        """
         from dataclasses import asdict
 
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "ModelConfig":
+        """Rebuild a config written by :meth:`as_dict` (JSON lists become tuples again).
+
+        Args:
+            d: mapping with ``backbone`` and ``head`` entries, each complete.
+
+        Returns:
+            The :class:`ModelConfig`.
+        """
         b, h = dict(d["backbone"]), dict(d["head"])
         for k in ("encoder_blocks", "decoder_blocks"):
             b[k] = tuple(b[k])
@@ -62,15 +84,32 @@ class ViewNet(nn.Module):
 
     @property
     def guided(self) -> bool:
+        """True when the network was built with guidance."""
         return self.config.head.guided
 
     def set_embedding(self, embedding: Tensor) -> None:
-        """Set the constant guidance embedding (1024 floats)."""
+        """Set the constant guidance embedding (1024 floats).
+
+        Args:
+            embedding: the embedding, any shape with ``embedding_dim`` (1024) elements; copied to the buffer's
+                device and dtype.
+
+        Raises:
+            ValueError: the network was built without guidance.
+        """
         if not self.guided:
             raise ValueError("this network was built without guidance")
         self.embedding.copy_(embedding.detach().reshape(-1).to(self.embedding))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Segment a batch of patches.
+
+        Args:
+            x: images ``[B, 1, Z, Y, X]``.
+
+        Returns:
+            Logits ``[B, num_classes, Z, Y, X]``.
+        """
         x5, x9 = self.backbone(x)
         return self.head(x5, x9, self.embedding if self.guided else None)
 
@@ -88,11 +127,17 @@ class TriViewModel(nn.Module):
         return self.nets[name]  # type: ignore[return-value]
 
     def items(self) -> Iterator[tuple[View, ViewNet]]:
+        """The view networks in view order.
+
+        Yields:
+            ``(view, network)`` pairs.
+        """
         for v in self.views:
             yield v, self.nets[v.name]  # type: ignore[misc]
 
     @property
     def guided(self) -> bool:
+        """True when the view networks were built with guidance."""
         return self.config.head.guided
 
     def set_guidance(self, text: Tensor, visual: Mapping[str, Tensor]) -> None:

@@ -26,10 +26,12 @@ class VNetConfig:
 
     @property
     def channels(self) -> tuple[int, ...]:
+        """Channels of every encoder stage: ``width * 2**i``."""
         return tuple(self.width * 2**i for i in range(len(self.encoder_blocks)))
 
     @property
     def bottleneck_channels(self) -> int:
+        """Channels of the deepest stage."""
         return self.channels[-1]
 
 
@@ -83,6 +85,15 @@ class VNet(nn.Module):
         self.dropout = nn.Dropout3d(config.dropout)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Run the encoder-decoder.
+
+        Args:
+            x: images ``[B, in_channels, Z, Y, X]``; every side divisible by 2**(stages - 1).
+
+        Returns:
+            ``(x5, x9)``: the bottleneck features and the last decoder features
+            ``[B, width, Z, Y, X]``, both after dropout.
+        """
         skips = []
         for i, stage in enumerate(self.encoder):
             x = stage(x)
@@ -97,7 +108,14 @@ class VNet(nn.Module):
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
+    """Number of trainable parameters.
+
+    Args:
+        module: any module.
+
+    Returns:
+        Sum of the element counts of the parameters with ``requires_grad``.
+    """
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 

@@ -104,7 +104,11 @@ class PropagationConfig:
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in RESOLUTIONS[self.resolution].items()}}
 
     def n_workers(self) -> int:
-        """Registration processes to use: ``workers``, or the CPUs this process may use."""
+        """Registration processes to use: ``workers``, or the CPUs this process may use.
+
+        Returns:
+            At least 1 when ``workers`` is None.
+        """
         if self.workers is not None:
             return int(self.workers)
         try:

@@ -44,7 +44,7 @@ def normalise(slice2d: np.ndarray, percentiles: tuple[float, float]) -> np.ndarr
 
 @contextlib.contextmanager
 def ants_seed(seed: int) -> Iterator[None]:
-    """Give ANTs ``seed`` for the calls inside the block, then restore its setting.
+    """Context manager: give ANTs ``seed`` for the calls inside the block, then restore its setting.
 
     In-process we set the seed antspyx passes as ``--random-seed`` and nothing else:
     ``ants.config.set_ants_deterministic`` would also reseed the caller's global numpy and
@@ -52,6 +52,9 @@ def ants_seed(seed: int) -> Iterator[None]:
 
     Args:
         seed: the seed ANTs passes as ``--random-seed``.
+
+    Yields:
+        None.
     """
     import ants  # heavy (ITK): loaded only where registrations run
 

@@ -56,7 +56,13 @@ class LineProgress:
         self.desc, self.stage = desc, None
 
     def update(self, fraction: float, stage: str, message: str) -> None:
-        """Print a line when the stage changes (``desc: NN% stage: message``)."""
+        """Print a line when the stage changes (``desc: NN% stage: message``).
+
+        Args:
+            fraction: overall progress in [0, 1].
+            stage: the current stage's name; a line is printed only when it changes.
+            message: what the stage is doing.
+        """
         if stage != self.stage:
             self.stage = stage
             print(f"{self.desc}: {round(100 * fraction):3d}% {stage}: {message}", file=sys.stderr, flush=True)

@@ -13,7 +13,11 @@ from rada.errors import InputError
 
 
 def add_weights(sub: argparse._SubParsersAction) -> None:
-    """Register ``rada weights`` and its three actions."""
+    """Register ``rada weights`` and its three actions.
+
+    Args:
+        sub: the ``rada`` subcommand parsers to add the command to.
+    """
     p = sub.add_parser("weights", help="encoder weights: download, import (offline), list",
                        description="Alpha-CLIP / CLIP weights in the per-user cache ($RADA_HOME/weights, else "
                                    "~/.cache/rada/weights). Downloads resume and are sha256-checked; behind a "
@@ -37,7 +41,17 @@ def add_weights(sub: argparse._SubParsersAction) -> None:
 
 
 def run_weights_download(args: argparse.Namespace) -> int:
-    """Download registry files (or an encoder variant's files); print where they are."""
+    """Download registry files (or an encoder variant's files); print where they are.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        0, the exit status.
+
+    Raises:
+        InputError: ``--url`` with more than one file, or an unknown name.
+    """
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.guidance import weights as W
 
@@ -60,7 +74,17 @@ def run_weights_download(args: argparse.Namespace) -> int:
 
 
 def run_weights_import(args: argparse.Namespace) -> int:
-    """Copy a weights file into the cache; print its path and sha256."""
+    """Copy a weights file into the cache; print its path and sha256.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        0, the exit status.
+
+    Raises:
+        InputError: the file is missing, its name is unknown, or it is not the published file (sha256).
+    """
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.guidance import weights as W
 
@@ -71,7 +95,14 @@ def run_weights_import(args: argparse.Namespace) -> int:
 
 
 def run_weights_list(args: argparse.Namespace) -> int:
-    """Print the known weights, where they are and their sha256."""
+    """Print the known weights, where they are and their sha256.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        0, the exit status.
+    """
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.guidance import weights as W
 

@@ -80,22 +80,35 @@ class AlphaCLIP(nn.Module):
 
     @property
     def conv1_alpha(self) -> nn.Conv2d:
+        """The region-mask patch embedding ``Conv2d(1, width, patch, patch)`` (zero: plain CLIP)."""
         return self.clip.visual.conv1_alpha
 
     @property
     def image_size(self) -> int:
+        """Side ``S`` of the square input images, in pixels (224 for ViT-B/16)."""
         size = self.clip.visual.image_size
         return int(size[0] if isinstance(size, (tuple, list)) else size)
 
     @property
     def embed_dim(self) -> int:
+        """Length of the image and text embeddings (512 for ViT-B/16)."""
         proj = self.clip.visual.proj
         return int(proj.shape[1]) if proj is not None else int(self.clip.visual.output_dim)
 
     def encode_image(self, image: Tensor, region_mask: Tensor | None = None, normalize: bool = False) -> Tensor:
-        """``image [B, 3, S, S]`` (CLIP-normalised) and ``region_mask [B, 1, S, S]`` ((m-0.5)/0.26) -> ``[B, 512]``.
+        """Region-aware image embeddings.
 
-        ``region_mask=None`` is Alpha-CLIP's "whole image": +1.923 everywhere.
+        Args:
+            image: CLIP-normalised images ``[B, 3, S, S]``.
+            region_mask: normalised region masks ``[B, 1, S, S]`` (``(m - 0.5) / 0.26``); None is
+                Alpha-CLIP's "whole image" (+1.923 everywhere).
+            normalize: return unit-length embeddings.
+
+        Returns:
+            ``[B, embed_dim]`` embeddings.
+
+        Raises:
+            InputError: ``image`` is not ``[B, 3, S, S]`` or ``region_mask`` does not match it.
         """
         if image.ndim != 4 or image.shape[1] != 3:
             raise InputError(f"expected images [B, 3, S, S], got {tuple(image.shape)}")
@@ -111,14 +124,43 @@ class AlphaCLIP(nn.Module):
             self._region_mask = None
 
     def encode_text(self, tokens: Tensor, normalize: bool = False) -> Tensor:
+        """Text embeddings (plain CLIP).
+
+        Args:
+            tokens: token ids ``[B, context_length]`` from :meth:`tokenize`.
+            normalize: return unit-length embeddings.
+
+        Returns:
+            ``[B, embed_dim]`` embeddings.
+        """
         return self.clip.encode_text(tokens, normalize=normalize)
 
     def tokenize(self, texts: str | Sequence[str]) -> Tensor:
+        """Tokenise prompts with open_clip's tokenizer at the model's context length.
+
+        Args:
+            texts: one prompt or several.
+
+        Returns:
+            Token ids ``[B, context_length]``.
+
+        Raises:
+            InputError: open_clip_torch is not installed.
+        """
         open_clip = _require_open_clip()
         return open_clip.tokenize([texts] if isinstance(texts, str) else list(texts),
                                   context_length=int(self.clip.context_length))
 
     def forward(self, image: Tensor, region_mask: Tensor | None = None) -> Tensor:
+        """Same as :meth:`encode_image` (unnormalised).
+
+        Args:
+            image: CLIP-normalised images ``[B, 3, S, S]``.
+            region_mask: normalised region masks ``[B, 1, S, S]``, or None for the whole image.
+
+        Returns:
+            ``[B, embed_dim]`` embeddings.
+        """
         return self.encode_image(image, region_mask)
 
 
@@ -137,11 +179,22 @@ def _check_quick_gelu(clip: nn.Module) -> None:
 
 def build_clip(openai: str | os.PathLike | None = None,
                config: str | Mapping[str, Any] = OPENAI_B16_CONFIG) -> nn.Module:
-    """OpenAI CLIP on open_clip: from ``ViT-B-16.pt`` (JIT archive or state dict), or, with
-    ``openai=None``, the same architecture randomly initialised (tests, measurements).
+    """OpenAI CLIP on open_clip, float32, eval mode, CPU.
 
-    ``config`` (without weights only): an open_clip model name, or a dict of ``CLIP(**cfg)``
-    arguments for small test models (``quick_gelu`` is forced on).
+    Built from ``ViT-B-16.pt`` (JIT archive or state dict), or, with ``openai=None``, the same
+    architecture randomly initialised (tests, measurements).
+
+    Args:
+        openai: path of OpenAI's ``ViT-B-16.pt``, or None for random weights.
+        config: without weights only: an open_clip model name, or a dict of ``CLIP(**cfg)``
+            arguments for small test models (``quick_gelu`` is forced on).
+
+    Returns:
+        The open_clip ``CLIP`` model.
+
+    Raises:
+        InputError: open_clip_torch is missing, or ``openai`` does not exist or is not an OpenAI
+            CLIP checkpoint.
     """
     open_clip = _require_open_clip()
     if openai is not None:
@@ -167,8 +220,20 @@ def build_alpha_clip(openai: str | os.PathLike | None = None, visual: str | os.P
                      config: str | Mapping[str, Any] = OPENAI_B16_CONFIG, lora_alpha: float = 1.0) -> AlphaCLIP:
     """Alpha-CLIP: OpenAI CLIP (``openai``) + an Alpha-CLIP visual checkpoint (``visual``).
 
-    ``visual=None`` leaves ``conv1_alpha`` at zero, i.e. plain CLIP (the paper's "CLIP visual"
-    ablation). The model is frozen (``requires_grad=False``), in eval mode, float32, CPU.
+    The model is frozen (``requires_grad=False``), in eval mode, float32, CPU.
+
+    Args:
+        openai: path of OpenAI's ``ViT-B-16.pt``, or None for random weights.
+        visual: Alpha-CLIP visual checkpoint (path or state dict); None leaves ``conv1_alpha``
+            at zero, i.e. plain CLIP (the paper's "CLIP visual" ablation).
+        config: architecture when ``openai`` is None (see :func:`build_clip`).
+        lora_alpha: LoRA scale used when merging the checkpoint's LoRA factors.
+
+    Returns:
+        The :class:`AlphaCLIP` model.
+
+    Raises:
+        InputError: a weights file is missing, unreadable or does not fit the model.
     """
     model = AlphaCLIP(build_clip(openai, config))
     if visual is not None:
@@ -184,7 +249,17 @@ _LORA = re.compile(r"^(?P<base>.+)\.lora_(?P<which>[AB])$")
 
 
 def read_state_dict(source: str | os.PathLike | Mapping) -> dict[str, Tensor]:
-    """A checkpoint file (or mapping) -> a flat ``{name: tensor}``; unwraps ``state_dict``/``model``."""
+    """A checkpoint file (or mapping) as a flat ``{name: tensor}``; unwraps ``state_dict``/``model``.
+
+    Args:
+        source: checkpoint path (loaded with ``weights_only=True`` on the CPU) or a mapping.
+
+    Returns:
+        The state dict.
+
+    Raises:
+        InputError: the file is missing or unreadable, or it does not hold a state dict of tensors.
+    """
     if isinstance(source, Mapping):
         sd = dict(source)
     else:
@@ -243,8 +318,17 @@ def _lora_delta(weight: Tensor, a: Tensor, b: Tensor, scale: float, name: str) -
 def merge_lora(sd: Mapping[str, Tensor], lora_alpha: float = 1.0) -> dict[str, Tensor]:
     """Fold LoRA factors into their weights: ``W += B @ A * lora_alpha / r``; factors removed.
 
-    ``lora_alpha`` is not stored in checkpoints; loralib's default (1), which Alpha-CLIP's
-    LoRA layers use, is the default here. A state dict without LoRA keys is returned as is.
+    Args:
+        sd: a state dict, possibly with ``<base>.lora_A``/``<base>.lora_B`` keys.
+        lora_alpha: LoRA scale. It is not stored in checkpoints; loralib's default (1), which
+            Alpha-CLIP's LoRA layers use, is the default here.
+
+    Returns:
+        A new state dict; one without LoRA keys is returned as is (copied).
+
+    Raises:
+        InputError: a LoRA layer lacks ``lora_A``, ``lora_B`` or its weight, or their shapes do
+            not fit.
     """
     out = dict(sd)
     bases = {m.group("base") for k in sd if (m := _LORA.match(k))}
@@ -264,6 +348,16 @@ def convert_alpha_visual(sd: Mapping[str, Tensor], lora_alpha: float = 1.0) -> d
     Strips ``module.`` (DataParallel/DDP) and a leading ``visual.``, merges LoRA factors, and
     renames Alpha-CLIP's ``attn.in_proj.{weight,bias}`` (an ``nn.Linear``) to
     ``nn.MultiheadAttention``'s ``attn.in_proj_{weight,bias}``.
+
+    Args:
+        sd: the official checkpoint's state dict.
+        lora_alpha: LoRA scale (see :func:`merge_lora`).
+
+    Returns:
+        The converted float32 state dict.
+
+    Raises:
+        InputError: an incomplete LoRA layer.
     """
     renamed: dict[str, Tensor] = {}
     for key, value in sd.items():
@@ -282,7 +376,17 @@ def convert_alpha_visual(sd: Mapping[str, Tensor], lora_alpha: float = 1.0) -> d
 
 
 def load_alpha_visual(model: AlphaCLIP, source: str | os.PathLike | Mapping, lora_alpha: float = 1.0) -> None:
-    """Load an Alpha-CLIP visual checkpoint into ``model.clip.visual``, strictly."""
+    """Load an Alpha-CLIP visual checkpoint into ``model.clip.visual``, strictly.
+
+    Args:
+        model: the model to load into.
+        source: checkpoint path or state dict (official Alpha-CLIP names).
+        lora_alpha: LoRA scale (see :func:`merge_lora`).
+
+    Raises:
+        InputError: the checkpoint is unreadable, has missing or unexpected keys, or a shape
+            differs (e.g. a ViT-L/14 file on a ViT-B/16 model).
+    """
     sd = convert_alpha_visual(read_state_dict(source), lora_alpha)
     visual = model.clip.visual
     expected = visual.state_dict()

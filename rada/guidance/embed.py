@@ -57,9 +57,20 @@ Progress = Callable[[float, str], None]
 class GuidanceEmbeddings:
     """Text ``[512]`` and per-view visual ``[512]`` embeddings, or an explicit "guidance off".
 
-    ``enabled=False`` carries no vectors (``text is None``, ``visual == {}``) and says why in
-    ``reason``. ``source`` records how the vectors were made: encoder variant, weights'
-    sha256, versions, slices used, preprocessing.
+    Attributes:
+        enabled: False for "guidance off", which carries no vectors (``text is None``,
+            ``visual == {}``).
+        text: the prompt's unit-length text embedding.
+        visual: view name -> unit-length mean visual embedding of that view's annotated slices.
+        organ: the structure's name.
+        prompt: the text prompt.
+        reason: why the guidance is on or off (repeated in every output).
+        source: how the vectors were made: encoder variant, weights' sha256, versions, slices
+            used, preprocessing.
+
+    Raises:
+        ValueError: enabled without a text and one visual embedding per view, sizes that differ,
+            or disabled with vectors.
     """
 
     enabled: bool
@@ -82,15 +93,30 @@ class GuidanceEmbeddings:
 
     @classmethod
     def off(cls, reason: str, organ: str = "", prompt: str = "", **source: Any) -> GuidanceEmbeddings:
-        """Guidance off, with the reason every output will repeat."""
+        """Guidance off, with the reason every output will repeat.
+
+        Args:
+            reason: why the guidance is off.
+            organ: the structure's name.
+            prompt: the text prompt.
+            **source: recorded in ``source`` (e.g. ``variant``).
+
+        Returns:
+            The disabled :class:`GuidanceEmbeddings`.
+        """
         return cls(False, None, {}, organ, prompt, reason, dict(source))
 
     @property
     def dim(self) -> int:
+        """Length of the embeddings (0 when the guidance is off)."""
         return int(self.text.numel()) if self.text is not None else 0
 
     def summary(self) -> dict[str, Any]:
-        """JSON-safe description (no vectors) for reports."""
+        """JSON-safe description (no vectors) for reports.
+
+        Returns:
+            ``enabled``, ``reason``, ``organ``, ``prompt``, ``dim`` and, when recorded, ``source``.
+        """
         return {"enabled": self.enabled, "reason": self.reason, "organ": self.organ, "prompt": self.prompt,
                 "dim": self.dim, **({"source": self.source} if self.source else {})}
 
@@ -138,10 +164,32 @@ def compute_embeddings(images: Iterable[Volume], annotations: Iterable[SparseAnn
                        progress: Progress | None = None) -> GuidanceEmbeddings:
     """Text and per-view visual embeddings of labeled volumes.
 
-    ``weights``: None (the cached files of ``variant``; if any is missing the result is
-    guidance OFF with the reason), a :class:`ResolvedWeights`, or an already built
-    :class:`~rada.guidance.alpha_clip.AlphaCLIP` (tests; no file hashes recorded).
-    ``images`` and ``annotations`` may be lazy iterables (one volume in memory at a time).
+    Each annotated slice is encoded with its mask; a view's embedding is the l2-normalised mean
+    of its slices' l2-normalised embeddings.
+
+    Args:
+        images: the volumes; may be a lazy iterable (one volume in memory at a time).
+        annotations: their sparse annotations, one per image, on the image grid.
+        organ: the structure's name (for the default prompt).
+        weights: None (the cached files of ``variant``), a :class:`ResolvedWeights`, or an
+            already built :class:`~rada.guidance.alpha_clip.AlphaCLIP` (tests; no file hashes
+            recorded).
+        prompt: the text prompt (default: :func:`default_prompt` of ``organ``).
+        variant: encoder variant in the weights cache.
+        device: ``cpu``, ``auto``, ``cuda`` or ``cuda:N``.
+        batch_size: slices per forward pass.
+        percentiles: intensity clip percentiles of each slice.
+        case_ids: recorded in ``source``.
+        progress: called as ``progress(fraction, message)``.
+
+    Returns:
+        The enabled embeddings, or guidance OFF with the reason when open_clip_torch is not
+        installed or (``weights=None``) a weights file is missing or corrupt.
+
+    Raises:
+        InputError: no organ name, a volume without annotation or with another geometry, or no
+            annotated slice of some view.
+        TypeError: ``weights`` of another type.
     """
     if not organ:
         raise InputError("the organ (structure) name is needed for the text prompt")
@@ -270,11 +318,29 @@ def embed_dataset(dataset: str | os.PathLike, out: str | os.PathLike | None = No
                   prompt: str | None = None, device: str = "cpu", batch_size: int = 8,
                   split: str = "train", allow_off: bool = True,
                   progress: Progress | None = None) -> tuple[GuidanceEmbeddings, Path]:
-    """Embeddings of a ``dataset.json`` folder's labeled cases, written to ``out``
-    (default: ``<dataset>/guidance_embeddings.npz``). Organ and prompt come from the dataset.
+    """Embeddings of a ``dataset.json`` folder's labeled cases, written to ``out``.
 
-    Without weights the guidance-off record is written, or, with ``allow_off=False``,
-    :class:`InputError` says why and nothing is written.
+    Organ and prompt come from the dataset (``prompt`` overrides the dataset's).
+
+    Args:
+        dataset: the dataset folder or its ``dataset.json``.
+        out: the ``.npz`` to write (default: ``<dataset>/guidance_embeddings.npz``).
+        weights: see :func:`compute_embeddings`.
+        variant: encoder variant in the weights cache.
+        prompt: text prompt overriding the dataset's.
+        device: ``cpu``, ``auto``, ``cuda`` or ``cuda:N``.
+        batch_size: slices per forward pass.
+        split: the split whose labeled cases are embedded.
+        allow_off: without weights, write the guidance-off record (True) or raise (False).
+        progress: called as ``progress(fraction, message)``.
+
+    Returns:
+        ``(embeddings, path written)``.
+
+    Raises:
+        InputError: the dataset is invalid or has no labeled case in ``split``, bad annotations
+            (see :func:`compute_embeddings`), or the guidance is off and ``allow_off`` is False
+            (nothing is written then).
     """
     spec = read_dataset(dataset)
     cases = spec.labeled(split)

@@ -46,7 +46,18 @@ def _pad_square(x: torch.Tensor, value: float) -> torch.Tensor:
 
 
 def scale_intensity(slice2d: np.ndarray, percentiles: Sequence[float] = PERCENTILES) -> np.ndarray:
-    """A 2D slice to [0, 1] by clipping at the given percentiles (float32; a flat slice gives 0)."""
+    """A 2D slice to [0, 1] by clipping at the given percentiles.
+
+    Args:
+        slice2d: the ``[H, W]`` image slice.
+        percentiles: ``(low, high)`` percentiles mapped to 0 and 1.
+
+    Returns:
+        float32 ``[H, W]`` in [0, 1]; all zeros for a flat slice.
+
+    Raises:
+        InputError: the slice is not 2D or holds NaN or infinite values.
+    """
     a = np.asarray(slice2d, dtype=np.float32)
     if a.ndim != 2:
         raise InputError(f"expected a 2D slice, got shape {a.shape}")
@@ -60,7 +71,22 @@ def scale_intensity(slice2d: np.ndarray, percentiles: Sequence[float] = PERCENTI
 
 def preprocess_image(slice2d: np.ndarray, size: int = IMAGE_SIZE,
                      percentiles: Sequence[float] = PERCENTILES) -> torch.Tensor:
-    """One 2D image slice -> a CLIP-normalised ``[3, size, size]`` float32 tensor."""
+    """One 2D image slice -> a CLIP-normalised ``[3, size, size]`` float32 tensor.
+
+    The slice is scaled to [0, 1] (:func:`scale_intensity`), padded with black to a square,
+    repeated to RGB, resized (bicubic, antialiased) and normalised with CLIP's mean and std.
+
+    Args:
+        slice2d: the ``[H, W]`` image slice.
+        size: output side in pixels (the encoder's input size).
+        percentiles: intensity clip percentiles.
+
+    Returns:
+        ``[3, size, size]`` float32 tensor.
+
+    Raises:
+        InputError: the slice is not 2D or holds NaN or infinite values.
+    """
     x = torch.from_numpy(scale_intensity(slice2d, percentiles))[None]          # [1, H, W] in [0, 1]
     x = _pad_square(x, 0.0).expand(3, -1, -1)                                  # grey -> RGB, black padding
     x = F.interpolate(x[None], size=(size, size), mode="bicubic", align_corners=False, antialias=True)[0]
@@ -73,8 +99,15 @@ def preprocess_image(slice2d: np.ndarray, size: int = IMAGE_SIZE,
 def binary_mask(mask: np.ndarray | torch.Tensor) -> np.ndarray:
     """Any mask encoding -> a strict float32 0/1 array (the guard against the unscaled-mask trap).
 
-    Accepted: bool; integers holding only {0, 1} or only {0, 255} (uint8 ``binary_mask * 255``
-    included, at any integer width); floats in [0, 1] (soft masks kept as they are).
+    Args:
+        mask: bool; integers holding only {0, 1} or only {0, 255} (uint8 ``binary_mask * 255``
+            included, at any integer width); floats in [0, 1] (soft masks kept as they are).
+
+    Returns:
+        float32 array of the mask's shape.
+
+    Raises:
+        InputError: other integer values, floats outside [0, 1] or not finite, or another dtype.
     """
     m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
     if m.dtype == np.bool_:

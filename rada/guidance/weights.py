@@ -80,7 +80,12 @@ DEFAULT_VARIANT = "alpha-clip-b16-grit1m"
 # --- cache folder and manifest ---------------------------------------------------------------
 
 def cache_dir() -> Path:
-    """The per-user weights folder (not created here)."""
+    """The per-user weights folder (not created here).
+
+    Returns:
+        ``$RADA_HOME/weights``, else ``$XDG_CACHE_HOME/rada/weights``, else
+        ``~/.cache/rada/weights``.
+    """
     home = os.environ.get("RADA_HOME")
     if home:
         return Path(home).expanduser() / "weights"
@@ -94,6 +99,17 @@ def _manifest_path(folder: Path) -> Path:
 
 
 def read_manifest(folder: Path | None = None) -> dict[str, dict]:
+    """The cache's record of each file (sha256, size, source, verified).
+
+    Args:
+        folder: the weights folder (default :func:`cache_dir`).
+
+    Returns:
+        File name -> record; empty when there is no manifest.
+
+    Raises:
+        InputError: the manifest is not valid JSON.
+    """
     path = _manifest_path(folder or cache_dir())
     if not path.exists():
         return {}
@@ -113,6 +129,15 @@ def _record(folder: Path, filename: str, sha256: str, size: int, origin: str, ve
 
 
 def sha256_file(path: str | os.PathLike, progress: Callable[[int], None] | None = None) -> str:
+    """sha256 of a file, read in chunks.
+
+    Args:
+        path: the file.
+        progress: called with each chunk's size in bytes.
+
+    Returns:
+        The hex digest.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
@@ -123,7 +148,17 @@ def sha256_file(path: str | os.PathLike, progress: Callable[[int], None] | None 
 
 
 def lookup(name_or_filename: str) -> WeightFile:
-    """A registry entry by name or by file name."""
+    """A registry entry by name or by file name.
+
+    Args:
+        name_or_filename: a registry key (e.g. ``openai-vit-b-16``) or its file name.
+
+    Returns:
+        The :class:`WeightFile`.
+
+    Raises:
+        InputError: an unknown name.
+    """
     if name_or_filename in REGISTRY:
         return REGISTRY[name_or_filename]
     for w in REGISTRY.values():
@@ -143,13 +178,26 @@ def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool):
 
 def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None, *,
                   progress: bool = True, timeout: float = 60.0) -> str:
-    """Download ``url`` to ``dest``; return the file's sha256.
+    """Download ``url`` to ``dest``.
 
     Resumable: bytes already in ``dest + '.part'`` are kept and the rest is requested with an
-    HTTP ``Range`` header (a server that ignores it answers 200 and the file restarts). The
-    whole file's sha256 must equal ``sha256`` when given; on a mismatch the partial file is
-    deleted and :class:`InputError` raised. Only a complete, checked file is renamed to
-    ``dest`` (atomic ``os.replace``). A network failure keeps the partial file for a retry.
+    HTTP ``Range`` header (a server that ignores it answers 200 and the file restarts). Only a
+    complete, checked file is renamed to ``dest`` (atomic ``os.replace``). A network failure
+    keeps the partial file for a retry.
+
+    Args:
+        url: where to download from.
+        dest: the final file; its folder is created.
+        sha256: the whole file's expected sha256, or None (not checked).
+        progress: show a progress bar.
+        timeout: socket timeout in seconds.
+
+    Returns:
+        The file's sha256.
+
+    Raises:
+        InputError: an HTTP or network error, an unexpected byte range, or a sha256 mismatch
+            (the partial file is then deleted).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +263,25 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None, 
 
 def download(name: str, url: str | None = None, folder: Path | None = None, progress: bool = True,
              force: bool = False) -> Path:
-    """Download a registry file (or its ``url`` override) into the cache; return its path."""
+    """Download a registry file (or its ``url`` override) into the cache.
+
+    A file already in the cache is verified instead, unless ``force``. The registry's URLs are
+    tried in order; the download is recorded in the manifest.
+
+    Args:
+        name: registry name or file name.
+        url: download from here instead of the registry's URLs.
+        folder: the weights folder (default :func:`cache_dir`).
+        progress: show a progress bar.
+        force: download again even if the file is present.
+
+    Returns:
+        The cached file's path.
+
+    Raises:
+        InputError: an unknown name, a present file that fails verification, or every URL
+            failed (the last error).
+    """
     w = lookup(name)
     folder = folder or cache_dir()
     dest = folder / w.filename
@@ -236,10 +302,20 @@ def download(name: str, url: str | None = None, folder: Path | None = None, prog
 
 def import_file(path: str | os.PathLike, name: str | None = None, folder: Path | None = None,
                 progress: bool = True) -> Path:
-    """Copy a weights file fetched elsewhere into the cache (the offline path); return its cache path.
+    """Copy a weights file fetched elsewhere into the cache (the offline path).
 
-    The registry entry comes from ``name`` or the file's name. A published sha256 must match;
-    otherwise the hash is recorded.
+    Args:
+        path: the file to import.
+        name: registry name (default: looked up by the file's name).
+        folder: the weights folder (default :func:`cache_dir`).
+        progress: show a progress bar while hashing.
+
+    Returns:
+        The cached file's path. Its sha256 is recorded in the manifest.
+
+    Raises:
+        InputError: the file is missing, the name is unknown, or a published sha256 does not
+            match.
     """
     src = Path(path)
     if not src.is_file():
@@ -263,9 +339,19 @@ def import_file(path: str | os.PathLike, name: str | None = None, folder: Path |
 
 
 def verify(w: WeightFile, folder: Path | None = None, rehash: bool = True) -> str:
-    """Check a cached file against its published or recorded sha256; return the hash.
+    """Check a cached file against its published or recorded sha256.
 
-    ``rehash=False`` trusts the manifest when the file size still matches (fast path).
+    Args:
+        w: the registry entry.
+        folder: the weights folder (default :func:`cache_dir`).
+        rehash: hash the file again; False trusts the manifest when the file size still
+            matches (fast path).
+
+    Returns:
+        The file's sha256.
+
+    Raises:
+        InputError: the file is missing, has no recorded sha256, or its hash differs.
     """
     folder = folder or cache_dir()
     path = folder / w.filename
@@ -286,7 +372,17 @@ def verify(w: WeightFile, folder: Path | None = None, rehash: bool = True) -> st
 
 
 def list_weights(folder: Path | None = None) -> list[dict]:
-    """Every registry file: present or not, hashes, URLs (for ``rada weights list``)."""
+    """Every registry file: present or not, hashes, URLs (for ``rada weights list``).
+
+    Args:
+        folder: the weights folder (default :func:`cache_dir`).
+
+    Returns:
+        One dict per registry file.
+
+    Raises:
+        InputError: the manifest is corrupt.
+    """
     folder = folder or cache_dir()
     manifest = read_manifest(folder)
     rows = []
@@ -305,7 +401,14 @@ def list_weights(folder: Path | None = None) -> list[dict]:
 
 @dataclass(frozen=True)
 class ResolvedWeights:
-    """The files of one encoder variant, present and checked."""
+    """The files of one encoder variant, present and checked.
+
+    Attributes:
+        variant: the encoder variant.
+        openai: OpenAI CLIP's ``ViT-B-16.pt``.
+        visual: the Alpha-CLIP visual checkpoint, or None for plain CLIP.
+        sha256: file name -> sha256.
+    """
 
     variant: str
     openai: Path
@@ -314,7 +417,20 @@ class ResolvedWeights:
 
 
 def resolve(variant: str = DEFAULT_VARIANT, folder: Path | None = None, rehash: bool = False) -> ResolvedWeights:
-    """The cached files of ``variant``; :class:`InputError` saying what is missing otherwise."""
+    """The cached, verified files of an encoder variant.
+
+    Args:
+        variant: the encoder variant.
+        folder: the weights folder (default :func:`cache_dir`).
+        rehash: hash the files again instead of trusting the manifest where sizes match.
+
+    Returns:
+        The :class:`ResolvedWeights`.
+
+    Raises:
+        InputError: an unknown variant, or a file is missing, unrecorded or corrupt (the
+            message says what to run).
+    """
     if variant not in VARIANTS:
         raise InputError(f"unknown encoder {variant!r}; known: {', '.join(VARIANTS)}")
     folder = folder or cache_dir()
@@ -330,7 +446,17 @@ def resolve(variant: str = DEFAULT_VARIANT, folder: Path | None = None, rehash: 
 
 
 def files_for(variants: Iterable[str]) -> list[str]:
-    """Registry names needed by the given variants, in order, without repeats."""
+    """Registry names needed by the given variants, in order, without repeats.
+
+    Args:
+        variants: encoder variant names.
+
+    Returns:
+        The registry names.
+
+    Raises:
+        InputError: an unknown variant.
+    """
     out: list[str] = []
     for v in variants:
         if v not in VARIANTS:

@@ -71,7 +71,21 @@ class JobFailedError(ServiceError):
 
 @dataclass
 class JobStatus:
-    """``GET /jobs/{id}``: state is queued, running, done, failed or cancelled."""
+    """``GET /jobs/{id}``: state is queued, running, done, failed or cancelled.
+
+    Attributes:
+        id: the job id.
+        kind: the job kind (``segment``, ``train``).
+        state: queued, running, done, failed or cancelled.
+        stage: the current stage's name.
+        fraction: progress in [0, 1].
+        message: what the job is doing, or why it ended.
+        error: a failed job's one-line error.
+        error_type: ``input`` when the job failed on its input, else another kind or None.
+        queue_position: place in the queue while queued.
+        report: a finished job's report, when the server includes it.
+        raw: the whole JSON answer.
+    """
 
     id: str
     kind: str
@@ -87,10 +101,19 @@ class JobStatus:
 
     @property
     def finished(self) -> bool:
+        """True when the job is done, failed or cancelled."""
         return self.state in FINISHED
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "JobStatus":
+        """Parse the server's JSON status.
+
+        Args:
+            d: the decoded JSON object; ``id`` and ``state`` are required.
+
+        Returns:
+            The :class:`JobStatus`.
+        """
         return cls(id=d["id"], kind=d.get("kind", ""), state=d["state"], stage=d.get("stage", ""),
                    fraction=float(d.get("fraction", 0.0)), message=d.get("message", ""), error=d.get("error"),
                    error_type=d.get("error_type"), queue_position=d.get("queue_position"),
@@ -107,7 +130,14 @@ class JobStatus:
 
 
 def is_loopback(url: str) -> bool:
-    """Whether ``url``'s host is this machine (127.0.0.1, localhost, ::1)."""
+    """Whether ``url``'s host is this machine (127.0.0.1, localhost, ::1).
+
+    Args:
+        url: a server URL.
+
+    Returns:
+        True for a loopback host name or address.
+    """
     return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
 
 
@@ -131,6 +161,7 @@ class RadaClient:
 
     # --- plumbing ---------------------------------------------------------------------
     def close(self) -> None:
+        """Close the HTTP connection pool."""
         self._http.close()
 
     def __enter__(self) -> "RadaClient":
@@ -172,7 +203,16 @@ class RadaClient:
 
     # --- the API ----------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
-        """``GET /health``; raises :class:`ProtocolMismatchError` if the protocols differ."""
+        """``GET /health``, checking that client and server speak the same protocol.
+
+        Returns:
+            The server's health JSON (protocol, versions, limits, ...).
+
+        Raises:
+            ProtocolMismatchError: the protocols differ (the message says which side to update).
+            ServiceError: the server refused the request or cannot be reached (:class:`AuthError`,
+                :class:`ProtocolMismatchError`, :class:`ServerUnavailableError`, or the HTTP status).
+        """
         response = self._request("GET", "/health", check=False)
         try:
             info = response.json()
@@ -223,42 +263,142 @@ class RadaClient:
 
     def submit_segment(self, image: Volume, annotation: SparseAnnotation | Volume,
                        options: Mapping[str, Any] | None = None) -> str:
-        """Queue a Segment job (options as :class:`rada.pipeline.SegmentConfig`: preset, device, ...)."""
+        """Queue a Segment job.
+
+        Args:
+            image: the image volume.
+            annotation: the sparse annotation, or its label volume (0/1/255) on the image grid.
+            options: as :class:`rada.pipeline.SegmentConfig` (``preset``, ``device``, ...).
+
+        Returns:
+            The job id.
+
+        Raises:
+            InputError: the volumes exceed the upload limit, or the server refuses the input.
+            ServiceError: the server refused the request or cannot be reached (:class:`AuthError`,
+                :class:`ProtocolMismatchError`, :class:`ServerUnavailableError`, or the HTTP status).
+        """
         labels = annotation.labels if isinstance(annotation, SparseAnnotation) else annotation
         return self.submit("segment", {"image": image, "annotation": labels}, options)
 
     def submit_train(self, options: Mapping[str, Any]) -> str:
-        """Queue a training job on a dataset of the server (options: dataset, model_name, iterations...)."""
+        """Queue a training job on a dataset of the server.
+
+        Args:
+            options: the training options (``dataset``, ``model_name``, ``iterations``, ...).
+
+        Returns:
+            The job id.
+
+        Raises:
+            InputError: the server refuses the options.
+            ServiceError: the server refused the request or cannot be reached (:class:`AuthError`,
+                :class:`ProtocolMismatchError`, :class:`ServerUnavailableError`, or the HTTP status).
+        """
         return self.submit("train", None, options)
 
     def status(self, job_id: str) -> JobStatus:
-        """The job's current status (``GET /jobs/{id}``)."""
+        """The job's current status (``GET /jobs/{id}``).
+
+        Args:
+            job_id: the job.
+
+        Returns:
+            The :class:`JobStatus`.
+
+        Raises:
+            ServiceError: the server refused the request or cannot be reached (:class:`AuthError`,
+                :class:`ProtocolMismatchError`, :class:`ServerUnavailableError`, or the HTTP status).
+        """
         return JobStatus.from_json(self._request("GET", f"/jobs/{job_id}").json())
 
     def jobs(self) -> list[JobStatus]:
-        """Every job the server keeps, newest first."""
+        """Every job the server keeps, newest first.
+
+        Returns:
+            One :class:`JobStatus` per job.
+
+        Raises:
+            ServiceError: the server refused the request or cannot be reached (:class:`AuthError`,
+                :class:`ProtocolMismatchError`, :class:`ServerUnavailableError`, or the HTTP status).
+        """
         return [JobStatus.from_json(d) for d in self._request("GET", "/jobs").json()]
 
     def cancel(self, job_id: str) -> JobStatus:
-        """Ask the server to stop the job (a running job stops at its next check)."""
+        """Ask the server to stop the job (a running job stops at its next check).
+
+        Args:
+            job_id: the job.
+
+        Returns:
+            The job's status after the request.
+
+        Raises:
+            ServiceError: the server refused the request or cannot be reached (:class:`AuthError`,
+                :class:`ProtocolMismatchError`, :class:`ServerUnavailableError`, or the HTTP status).
+        """
         return JobStatus.from_json(self._request("POST", f"/jobs/{job_id}/cancel").json())
 
     def delete(self, job_id: str) -> None:
-        """Drop the job and its files on the server (cancelling it first if needed)."""
+        """Drop the job and its files on the server (cancelling it first if needed).
+
+        Args:
+            job_id: the job.
+
+        Raises:
+            ServiceError: the server refused the request or cannot be reached (:class:`AuthError`,
+                :class:`ProtocolMismatchError`, :class:`ServerUnavailableError`, or the HTTP status).
+        """
         self._request("DELETE", f"/jobs/{job_id}")
 
     def report(self, job_id: str) -> dict[str, Any]:
-        """A finished job's JSON report."""
+        """A finished job's JSON report.
+
+        Args:
+            job_id: the job.
+
+        Returns:
+            The report.
+
+        Raises:
+            ServiceError: the server refused the request or cannot be reached (:class:`AuthError`,
+                :class:`ProtocolMismatchError`, :class:`ServerUnavailableError`, or the HTTP status).
+        """
         return self._request("GET", f"/jobs/{job_id}/report").json()
 
     def result(self, job_id: str) -> tuple[Volume, dict[str, Any]]:
-        """The label volume (same geometry as the submitted image) and the job's report."""
+        """The label volume (same geometry as the submitted image) and the job's report.
+
+        Args:
+            job_id: a finished Segment job.
+
+        Returns:
+            ``(label, report)``.
+
+        Raises:
+            ServiceError: the server refused the request or cannot be reached (:class:`AuthError`,
+                :class:`ProtocolMismatchError`, :class:`ServerUnavailableError`, or the HTTP status).
+        """
         response = self._request("GET", f"/jobs/{job_id}/result")
         return decode_nrrd(response.content), self.report(job_id)
 
     def events(self, job_id: str, after: int = 0, read_timeout: float = 60.0) -> Iterator[dict[str, Any]]:
-        """The job's progress events (dicts with seq, state, stage, fraction, message); the last
-        one has ``"event": "end"`` and the final status. Ends when the job has finished."""
+        """The job's progress events, as a server-sent event stream.
+
+        Args:
+            job_id: the job.
+            after: only events with a larger ``seq`` (to resume a dropped stream).
+            read_timeout: seconds without data before the stream counts as lost.
+
+        Yields:
+            Dicts with ``seq``, ``state``, ``stage``, ``fraction``, ``message`` and ``event``; the
+            last one has ``"event": "end"`` and the final status. Ends when the job has finished.
+
+        Raises:
+            ServerUnavailableError: the stream was lost.
+            ServiceError: the server refused the request or cannot be reached (:class:`AuthError`,
+                :class:`ProtocolMismatchError`, :class:`ServerUnavailableError`, or the HTTP status).
+        """
         if self.check_protocol and self._health is None:
             self.health()
         timeout = httpx.Timeout(read_timeout, connect=10.0)
@@ -407,6 +547,7 @@ class LocalServer:
 
     @property
     def log_path(self) -> Path | None:
+        """The server's log file, or None when it is not launched."""
         return self._dir / "server.log" if self._dir else None
 
     def _environment(self) -> dict[str, str]:
@@ -446,10 +587,17 @@ class LocalServer:
         return self
 
     def poll_ready(self) -> bool:
-        """True once the server answers ``/health``; False while it starts (returns quickly).
+        """Whether the server answers ``/health`` yet (returns quickly; call it from a timer).
 
-        Raises :class:`ServerUnavailableError` (with the end of its log) if the process exited
-        or did not answer within the launch timeout; the server is then stopped."""
+        Returns:
+            True once the server answers, False while it starts.
+
+        Raises:
+            ServerUnavailableError: the process exited, or did not answer within the launch timeout
+                (the message ends with its log); the server is then stopped.
+            ServiceError: the server was not launched, or it refused the token or protocol (the
+                server is then stopped).
+        """
         if self.url is not None and self.running:
             return True
         if self.process is None or self._dir is None:
@@ -478,20 +626,47 @@ class LocalServer:
         return False
 
     def start(self, timeout: float = 60.0) -> "LocalServer":
-        """Launch and wait until the server answers (scripts and tests; a GUI uses :meth:`launch`)."""
+        """Launch and wait until the server answers (scripts and tests; a GUI uses :meth:`launch`).
+
+        Args:
+            timeout: seconds to wait for ``/health``.
+
+        Returns:
+            self.
+
+        Raises:
+            ServerUnavailableError: the process could not start, exited, or did not answer in time.
+        """
         self.launch(timeout)
         while not self.poll_ready():
             time.sleep(0.1)
         return self
 
     def client(self, **kwargs: Any) -> RadaClient:
-        """A :class:`RadaClient` for this server (``kwargs`` go to it)."""
+        """A :class:`RadaClient` for this server.
+
+        Args:
+            **kwargs: further :class:`RadaClient` arguments (e.g. ``timeout``).
+
+        Returns:
+            The client, holding this server's URL and token.
+
+        Raises:
+            ServiceError: the server is not started.
+        """
         if self.url is None:
             raise ServiceError("the local server is not started")
         return RadaClient(self.url, self.token, **kwargs)
 
     def log_tail(self, lines: int = 20) -> str:
-        """The last ``lines`` lines of the server's log ("" when there is none)."""
+        """The end of the server's log.
+
+        Args:
+            lines: how many lines.
+
+        Returns:
+            The last ``lines`` lines ("" when there is no log).
+        """
         try:
             text = self.log_path.read_text(errors="replace") if self.log_path else ""
         except OSError:
@@ -500,13 +675,18 @@ class LocalServer:
 
     @property
     def running(self) -> bool:
+        """True while the server process is alive."""
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (it cancels its jobs and removes its files), then clean up.
 
         Bounded: closing its standard input asks it to stop; after ``timeout`` seconds it is
-        terminated, then killed; this never waits more than about ``timeout + 4`` seconds."""
+        terminated, then killed; this never waits more than about ``timeout + 4`` seconds.
+
+        Args:
+            timeout: seconds to wait for a clean stop.
+        """
         process = self.process
         if process is not None:
             if process.stdin is not None:
@@ -543,6 +723,16 @@ class LocalServer:
 
 
 def start_local_server(**kwargs: Any) -> LocalServer:
-    """Start a :class:`LocalServer` (keyword arguments as its constructor) and wait until healthy."""
+    """Start a :class:`LocalServer` and wait until healthy.
+
+    Args:
+        **kwargs: :class:`LocalServer` arguments, plus ``timeout`` (seconds, default 60).
+
+    Returns:
+        The started server.
+
+    Raises:
+        ServerUnavailableError: it could not start or did not answer in time.
+    """
     timeout = kwargs.pop("timeout", 60.0)
     return LocalServer(**kwargs).start(timeout)

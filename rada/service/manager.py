@@ -101,6 +101,29 @@ Runner = Callable[[JobContext], JobOutput]
 
 @dataclass
 class Job:
+    """One job as the server keeps it (guarded by :attr:`JobManager.lock`).
+
+    Attributes:
+        id: the job id (a uuid4 hex).
+        kind: the runner's name (``segment``, ``train``).
+        options: the job's options from the request.
+        workdir: the job's private folder (uploads, result), removed with the job.
+        inputs: upload field name -> NRRD file in ``workdir``.
+        created: submission time (``time.time()``).
+        state: queued, running, done, failed or cancelled.
+        stage: the current stage's name.
+        fraction: progress in [0, 1].
+        message: what the job is doing, or why it ended.
+        error: a failed job's one-line error.
+        error_type: ``input``, ``internal`` or ``cancelled``.
+        started: when a worker took it, or None.
+        finished: when it ended, or None.
+        report: the runner's report once done.
+        result_path: the encoded label volume once done, if the runner returned one.
+        cancel: set to ask the runner to stop.
+        events: the last :data:`MAX_EVENTS` progress events.
+        seq: number of the last event.
+    """
     id: str
     kind: str
     options: dict[str, Any]
@@ -206,7 +229,11 @@ class JobManager:
 
     # --- queries ----------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        """Queued, running and kept jobs, and the limits (for ``/health``)."""
+        """Queued, running and kept jobs, and the limits (for ``/health``).
+
+        Returns:
+            ``queued``, ``running``, ``max_workers``, ``max_queued`` and ``finished_kept``.
+        """
         with self.lock:
             states = [j.state for j in self.jobs.values()]
             return {"queued": states.count(QUEUED), "running": states.count(RUNNING),
@@ -214,7 +241,14 @@ class JobManager:
                     "finished_kept": sum(s in FINISHED for s in states)}
 
     def get(self, job_id: str) -> Job | None:
-        """The job ``job_id`` (expired jobs dropped first), or None."""
+        """The job ``job_id`` (expired jobs dropped first), or None.
+
+        Args:
+            job_id: the job id.
+
+        Returns:
+            The :class:`Job`, or None when unknown or expired.
+        """
         with self.lock:
             self._expire()
             return self.jobs.get(job_id)
@@ -235,7 +269,14 @@ class JobManager:
             return next(i for i, j in enumerate(waiting) if j.id == job.id)
 
     def status(self, job: Job) -> dict[str, Any]:
-        """The job's snapshot with its queue position."""
+        """The job's snapshot with its queue position.
+
+        Args:
+            job: the job.
+
+        Returns:
+            The JSON-ready status (see :meth:`Job.snapshot`).
+        """
         with self.lock:
             return job.snapshot(self.position(job))
 
@@ -253,14 +294,24 @@ class JobManager:
             return [e for e in job.events if e["seq"] > after], job.state in FINISHED
 
     def wait_change(self, job: Job, seq: int, timeout: float) -> None:
-        """Block until the job changes after event ``seq``, finishes, or ``timeout`` seconds pass."""
+        """Block until the job changes after event ``seq``, finishes, or ``timeout`` seconds pass.
+
+        Args:
+            job: the job.
+            seq: the last event the caller has seen.
+            timeout: the longest wait, in seconds.
+        """
         with self.changed:
             if job.seq == seq and job.state not in FINISHED:
                 self.changed.wait(timeout)
 
     # --- changes ----------------------------------------------------------------------
     def new_job_dir(self) -> tuple[str, Path]:
-        """A fresh job id and its folder (the uploads are stored there before :meth:`submit`)."""
+        """A fresh job id and its folder (the uploads are stored there before :meth:`submit`).
+
+        Returns:
+            ``(job_id, folder)``; the folder is created.
+        """
         job_id = uuid.uuid4().hex
         workdir = self.root / job_id
         workdir.mkdir(parents=True)
@@ -316,7 +367,14 @@ class JobManager:
                 self._event(job)
 
     def delete(self, job: Job) -> None:
-        """Cancel the job; drop it and its folder once it has stopped."""
+        """Cancel the job; drop it and its folder if it has stopped.
+
+        A running job is only asked to cancel: it is not dropped when its runner returns, but
+        kept (with its folder) until it expires (``result_ttl_s``, ``max_finished_jobs``).
+
+        Args:
+            job: the job.
+        """
         self.cancel(job)
         with self.lock:
             if job.state in FINISHED:

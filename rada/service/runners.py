@@ -311,5 +311,9 @@ run_train_job.check_options = check_train_options  # type: ignore[attr-defined]
 
 
 def default_runners() -> dict[str, Runner]:
-    """The runners of ``rada serve``: ``segment`` (:class:`SegmentRunner`) and ``train``."""
+    """The runners of ``rada serve``: ``segment`` (:class:`SegmentRunner`) and ``train``.
+
+    Returns:
+        Job kind -> runner.
+    """
     return {"segment": SegmentRunner(), "train": run_train_job}

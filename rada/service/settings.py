@@ -104,7 +104,11 @@ class ServiceSettings:
         return cls(**values)
 
     def with_token(self) -> "ServiceSettings":
-        """A copy whose ``token`` is set: the given one, else RADA_TOKEN, else a random one."""
+        """A copy whose ``token`` is set: the given one, else RADA_TOKEN, else a random one.
+
+        Returns:
+            ``self`` when a token is already set, else a new :class:`ServiceSettings`.
+        """
         if self.token:
             return self
         return replace(self, token=os.environ.get("RADA_TOKEN") or secrets.token_urlsafe(32))

@@ -33,7 +33,15 @@ BODY_HU = -500.0  # air is about -1000 HU, soft tissue about 0
 
 @dataclass(frozen=True)
 class Protocol:
-    """Preprocessing of a dataset; every field off by default (the MRI / LA2018 protocol)."""
+    """Preprocessing of a dataset; every field off by default (the MRI / LA2018 protocol).
+
+    Attributes:
+        hu_window: ``(low, high)`` intensity clip (CT, in HU), or None.
+        crop_body: crop to the largest connected region above the body threshold (drops the
+            table).
+        organ_margin: crop z to the organ's extent plus this many slices, or None.
+        spacing: target spacing ``(x, y, z)`` in mm, or None (no resampling).
+    """
 
     hu_window: tuple[float, float] | None = None
     crop_body: bool = False
@@ -42,14 +50,31 @@ class Protocol:
 
     @property
     def active(self) -> bool:
+        """True when any step is on (otherwise :func:`apply` returns the case as it is)."""
         return any(v not in (None, False) for v in asdict(self).values())
 
     def as_json(self) -> dict[str, Any]:
+        """The protocol as JSON (tuples as lists).
+
+        Returns:
+            Field name -> value.
+        """
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> "Protocol":
-        """From ``dataset.json``'s ``preprocessing`` (validated, one-line errors)."""
+        """From ``dataset.json``'s ``preprocessing`` (validated, one-line errors).
+
+        Args:
+            raw: the ``preprocessing`` object, or None (every step off).
+
+        Returns:
+            The :class:`Protocol`.
+
+        Raises:
+            InputError: an unknown field, a wrong type, ``hu_window`` not low < high, a spacing not
+                positive, or a negative ``organ_margin``.
+        """
         from rada.train.config import load_config
 
         protocol = load_config(cls, dict(raw or {}), where="preprocessing.")
@@ -63,14 +88,30 @@ class Protocol:
 
 
 def window(image: Volume, hu_window: Sequence[float] | None) -> Volume:
-    """Intensities clipped to ``hu_window`` (float32)."""
+    """Intensities clipped to ``hu_window`` (float32).
+
+    Args:
+        image: the image.
+        hu_window: ``(low, high)``, or None (the image is returned as it is).
+
+    Returns:
+        The clipped image, same geometry.
+    """
     if hu_window is None:
         return image
     return image.with_array(np.clip(image.array.astype(np.float32), hu_window[0], hu_window[1]))
 
 
 def body_box(image: Volume, threshold: float = BODY_HU) -> tuple[slice, slice, slice]:
-    """Bounding box of the largest connected region above ``threshold`` (the body; drops the table)."""
+    """Bounding box of the largest connected region above ``threshold`` (the body; drops the table).
+
+    Args:
+        image: a CT image (HU).
+        threshold: intensity above which a voxel is body.
+
+    Returns:
+        Array slices ``[z, y, x]``; the whole volume when no voxel is above ``threshold``.
+    """
     from scipy import ndimage
 
     mask = image.array > threshold
@@ -83,7 +124,16 @@ def body_box(image: Volume, threshold: float = BODY_HU) -> tuple[slice, slice, s
 
 
 def organ_z_range(mask: np.ndarray, margin: int, depth: int) -> slice | None:
-    """The z-range of ``mask``'s foreground +- ``margin`` slices (None if empty)."""
+    """The z-range of ``mask``'s foreground +- ``margin`` slices.
+
+    Args:
+        mask: ``[z, y, x]`` foreground mask.
+        margin: slices added on both sides.
+        depth: number of slices (the range is clipped to ``[0, depth)``).
+
+    Returns:
+        The slice along z, or None if the mask is empty.
+    """
     z = np.flatnonzero(mask.any(axis=(1, 2)))
     if z.size == 0:
         return None
@@ -106,18 +156,45 @@ def _resample(volume: Volume, spacing_xyz: Sequence[float], interpolator: int,
 
 
 def resample_image(image: Volume, spacing_xyz: Sequence[float]) -> Volume:
-    """Linear resampling to ``spacing_xyz``; origin and direction kept, the extent covered."""
+    """Linear resampling to ``spacing_xyz``; origin and direction kept, the extent covered.
+
+    Args:
+        image: the image (resampled as float32).
+        spacing_xyz: target spacing ``(x, y, z)`` in mm.
+
+    Returns:
+        The resampled image; voxels outside take the image's minimum.
+    """
     return _resample(image.with_array(image.array.astype(np.float32)), spacing_xyz, sitk.sitkLinear)
 
 
 def resample_label(label: Volume, reference: Volume, default: float = 0) -> Volume:
-    """Nearest-neighbour resampling of a label onto ``reference``'s grid (``default`` outside)."""
+    """Nearest-neighbour resampling of a label onto ``reference``'s grid.
+
+    Args:
+        label: the label volume.
+        reference: the target grid.
+        default: value outside ``label``'s extent.
+
+    Returns:
+        The label on ``reference``'s grid, in ``label``'s dtype.
+    """
     return _resample(label, reference.spacing, sitk.sitkNearestNeighbor, reference.to_sitk(), default)
 
 
 def resample_annotation(annotation: SparseAnnotation, reference: Volume) -> SparseAnnotation:
-    """A sparse annotation on ``reference``'s grid: each annotated slice goes to the nearest
-    slice of the new grid (its mask resampled in-plane), everything else unknown."""
+    """A sparse annotation on ``reference``'s grid.
+
+    Each annotated slice goes to the nearest slice of the new grid (its mask resampled
+    in-plane, nearest neighbour); everything else is unknown.
+
+    Args:
+        annotation: the sparse annotation.
+        reference: the target grid (same direction; typically :func:`resample_image`'s output).
+
+    Returns:
+        The resampled :class:`SparseAnnotation`.
+    """
     out = np.full(reference.shape, IGNORE, np.uint8)
     src = annotation.labels
     for axis in range(3):
@@ -138,7 +215,13 @@ def resample_annotation(annotation: SparseAnnotation, reference: Volume) -> Spar
 
 @dataclass
 class PreparedCase:
-    """A case after the protocol, before the z-score."""
+    """A case after the protocol, before the z-score.
+
+    Attributes:
+        image: the preprocessed image.
+        annotation: the sparse annotation on the image's grid, if given.
+        label: the dense label on the image's grid, if given.
+    """
 
     image: Volume
     annotation: SparseAnnotation | None = None
@@ -147,7 +230,20 @@ class PreparedCase:
 
 def apply(protocol: Protocol, image: Volume, annotation: SparseAnnotation | None = None,
           label: Volume | None = None) -> PreparedCase:
-    """Window, crop (body, organ z-range) and resample a case; the annotation and label follow."""
+    """Window, crop (body, organ z-range) and resample a case; the annotation and label follow.
+
+    The organ z-range comes from the annotation's foreground, else from the label. The crop
+    never removes an annotated slice.
+
+    Args:
+        protocol: the dataset's preprocessing.
+        image: the image.
+        annotation: its sparse annotation, or None.
+        label: its dense label, or None.
+
+    Returns:
+        The :class:`PreparedCase`; the inputs unchanged when the protocol is inactive.
+    """
     if not protocol.active:
         return PreparedCase(image, annotation, label)
     image = window(image, protocol.hu_window)
@@ -175,7 +271,18 @@ def apply(protocol: Protocol, image: Volume, annotation: SparseAnnotation | None
 
 
 def to_model_grid(image: Volume, preprocessing: Mapping[str, Any]) -> Volume:
-    """The input as the model was trained on it: HU window and target spacing of a checkpoint."""
+    """The input as the model was trained on it: HU window and target spacing of a checkpoint.
+
+    Args:
+        image: the input image.
+        preprocessing: the checkpoint's ``preprocessing`` entry (its ``protocol`` is used).
+
+    Returns:
+        The windowed image, resampled when its spacing differs from the protocol's.
+
+    Raises:
+        InputError: the stored protocol is invalid.
+    """
     protocol = Protocol.from_json(preprocessing.get("protocol"))
     image = window(image, protocol.hu_window)
     if protocol.spacing is not None and not np.allclose(image.spacing, protocol.spacing, rtol=1e-3):
@@ -184,7 +291,15 @@ def to_model_grid(image: Volume, preprocessing: Mapping[str, Any]) -> Volume:
 
 
 def to_input_grid(probability: Volume, input_image: Volume) -> Volume:
-    """A probability map brought back (linear) onto the input's grid: geometry of the input."""
+    """A probability map brought back (linear) onto the input's grid: geometry of the input.
+
+    Args:
+        probability: the map on the model's grid.
+        input_image: the original input.
+
+    Returns:
+        The map on ``input_image``'s grid (``probability`` itself when the grids already match).
+    """
     if probability.same_grid(input_image):
         return probability
     return _resample(probability, input_image.spacing, sitk.sitkLinear, input_image.to_sitk())

@@ -27,7 +27,12 @@ VIEW_OF_AXIS: tuple[str, str, str] = tuple(sorted(AXIS_OF, key=AXIS_OF.__getitem
 
 @dataclass(frozen=True)
 class View:
-    """A co-training view: its ``name`` and the array ``axis`` along which it was propagated."""
+    """A co-training view: its ``name`` and the array ``axis`` along which it was propagated.
+
+    Attributes:
+        name: ``sagittal``, ``coronal`` or ``axial``.
+        axis: the array axis of ``[z, y, x]`` (0 for axial, 1 coronal, 2 sagittal).
+    """
 
     name: str
     axis: int

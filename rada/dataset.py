@@ -48,7 +48,15 @@ def default_prompt(organ: str) -> str:
 
 @dataclass(frozen=True)
 class CaseEntry:
-    """One case of a dataset; paths as written in ``dataset.json``."""
+    """One case of a dataset; paths as written in ``dataset.json``.
+
+    Attributes:
+        id: the case id, unique in the dataset.
+        image: the image file.
+        annotation: the sparse annotation file (a labeled case), or None (unlabeled).
+        label: the dense reference label (validation), or None.
+        split: ``train``, ``val`` (or another of :data:`SPLITS`).
+    """
 
     id: str
     image: str
@@ -58,12 +66,23 @@ class CaseEntry:
 
     @property
     def labeled(self) -> bool:
+        """True when the case has a sparse annotation."""
         return self.annotation is not None
 
 
 @dataclass
 class DatasetSpec:
-    """The content of ``dataset.json`` plus the folder it lives in (``root``)."""
+    """The content of ``dataset.json`` plus the folder it lives in (``root``).
+
+    Attributes:
+        name: the dataset's name.
+        organ: the structure's name (for the guidance prompt).
+        modality: the imaging modality (e.g. ``MRI``, ``CT``).
+        prompt: the guidance text prompt (default: :func:`default_prompt` of ``organ``).
+        cases: the cases.
+        root: the folder relative paths are resolved against.
+        preprocessing: a :class:`rada.protocol.Protocol` as JSON (e.g. the CT protocol).
+    """
 
     name: str
     organ: str
@@ -78,20 +97,56 @@ class DatasetSpec:
             self.prompt = default_prompt(self.organ)
 
     def path(self, relative: str) -> Path:
-        """Absolute path of a path written in the dataset."""
+        """Absolute path of a path written in the dataset.
+
+        Args:
+            relative: a path from ``dataset.json`` (absolute ones are kept).
+
+        Returns:
+            The path, resolved against ``root``.
+        """
         p = Path(relative)
         return p if p.is_absolute() else self.root / p
 
     def split(self, name: str) -> list[CaseEntry]:
+        """The cases of one split.
+
+        Args:
+            name: the split (``train``, ``val``, ...).
+
+        Returns:
+            Its cases in file order.
+        """
         return [c for c in self.cases if c.split == name]
 
     def labeled(self, split: str = "train") -> list[CaseEntry]:
+        """The cases of a split that have a sparse annotation.
+
+        Args:
+            split: the split.
+
+        Returns:
+            Its labeled cases in file order.
+        """
         return [c for c in self.split(split) if c.labeled]
 
     def unlabeled(self, split: str = "train") -> list[CaseEntry]:
+        """The cases of a split without a sparse annotation.
+
+        Args:
+            split: the split.
+
+        Returns:
+            Its unlabeled cases in file order.
+        """
         return [c for c in self.split(split) if not c.labeled]
 
     def as_json(self) -> dict:
+        """The spec as ``dataset.json`` content (``root`` is not written).
+
+        Returns:
+            The JSON object.
+        """
         out = {"name": self.name, "organ": self.organ, "prompt": self.prompt, "modality": self.modality,
                "cases": [{k: v for k, v in asdict(c).items()} for c in self.cases]}
         if self.preprocessing:
@@ -104,7 +159,18 @@ class DatasetSpec:
         return Protocol.from_json(self.preprocessing)
 
     def validate(self, check_files: bool = True) -> "DatasetSpec":
-        """Raise :class:`InputError` with one line when the dataset cannot be trained on."""
+        """Check that the dataset can be trained on.
+
+        Args:
+            check_files: also check that every referenced file exists.
+
+        Returns:
+            self.
+
+        Raises:
+            InputError: one line: no name or organ, a repeated case id, an unknown split, a
+                missing file, no labeled training case, or bad ``preprocessing``.
+        """
         if not self.name or not self.organ:
             raise InputError("dataset.json needs a 'name' and an 'organ'")
         seen: set[str] = set()
@@ -226,7 +292,13 @@ def load_annotation(spec: DatasetSpec, case: CaseEntry) -> SparseAnnotation | No
 
 @dataclass(frozen=True)
 class SplitFile:
-    """A fixed split of LA2018's 80 cases: ``labeled`` + ``unlabeled`` train cases, ``val``."""
+    """A fixed split of LA2018's 80 cases.
+
+    Attributes:
+        labeled: train cases that get a sparse annotation.
+        unlabeled: train cases used without annotation.
+        val: validation cases (dense label only).
+    """
 
     labeled: tuple[str, ...]
     unlabeled: tuple[str, ...]
@@ -234,12 +306,31 @@ class SplitFile:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "SplitFile":
+        """Read a split JSON (``labeled``, ``unlabeled`` and ``val`` id lists).
+
+        Args:
+            path: the JSON file.
+
+        Returns:
+            The :class:`SplitFile`.
+        """
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(tuple(raw["labeled"]), tuple(raw["unlabeled"]), tuple(raw["val"]))
 
     @classmethod
     def make(cls, case_ids: Sequence[str], n_labeled: int = 8, n_val: int = 16, seed: int = 2018) -> "SplitFile":
-        """``n_val`` cases drawn with ``seed``; the first ``n_labeled`` remaining ones (list order) labeled."""
+        """Draw a split: ``n_val`` cases drawn with ``seed``; the first ``n_labeled`` remaining ones
+        (list order) labeled, the rest unlabeled.
+
+        Args:
+            case_ids: every case id, in a fixed order.
+            n_labeled: labeled train cases.
+            n_val: validation cases.
+            seed: the draw's seed (2018 gives the repository's ``bench/la2018_split.json``).
+
+        Returns:
+            The :class:`SplitFile`.
+        """
         ids = list(case_ids)
         val = set(np.random.default_rng(seed).permutation(len(ids))[:n_val].tolist())
         train = [c for i, c in enumerate(ids) if i not in val]
@@ -251,9 +342,21 @@ def build_la2018(source: str | os.PathLike, out: str | os.PathLike, split: Split
                  organ: str = "left atrium") -> DatasetSpec:
     """Build a barely-supervised LA2018 dataset in ``out`` from ``source/<ID>/{image,label}.nii.gz``.
 
-    Labeled cases get a sparse annotation with the three largest-foreground slices
-    (written to ``out/sparse/<ID>.nii.gz``); images and labels are referenced in place,
-    never copied. Validation cases carry only their dense label.
+    Labeled cases get a sparse annotation with the three largest-foreground slices (written
+    to ``out/sparse/<ID>.nii.gz``); images and labels are referenced in place, never copied.
+    Validation cases carry only their dense label.
+
+    Args:
+        source: folder with one sub-folder per case.
+        out: the dataset folder to write (created).
+        split: which cases are labeled, unlabeled and validation.
+        organ: the structure's name.
+
+    Returns:
+        The validated :class:`DatasetSpec` (also written as ``out/dataset.json``).
+
+    Raises:
+        InputError: a case's image or label is missing, or a label is empty.
     """
     src, dst = Path(source).resolve(), Path(out)
     dst.mkdir(parents=True, exist_ok=True)

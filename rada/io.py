@@ -44,8 +44,16 @@ def read_volume(path: str | os.PathLike, limits: ReadLimits | None = None) -> Vo
     """Read a scalar 3D volume from a file (any SimpleITK format) or a DICOM series folder.
 
     The header is checked first (3D, scalar, under ``limits``), then the data are checked
-    to be complete (see :mod:`rada.inputs`) and finite. A ``.seg.nrrd`` with one segment is
-    read as a 0/1 label volume.
+    to be complete (see :mod:`rada.inputs`) and finite. A ``.seg.nrrd`` is read as a label
+    volume (segment i -> label i + 1; 0/1 with one segment). A 4D file with one time point
+    is read as 3D.
+
+    Args:
+        path: the file or DICOM folder.
+        limits: size limits (default :class:`~rada.inputs.ReadLimits`, from the environment).
+
+    Returns:
+        The :class:`Volume` with the file's geometry.
 
     Raises:
         InputError: one line naming ``path``: missing, unreadable, truncated, too large,
@@ -99,6 +107,9 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True,
         outputs: stage the file in this :class:`~rada.safe_write.OutputSet` (renamed when
             the set commits); without it the file is written atomically on its own.
 
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
     Raises:
         InputError: unknown format, unwritable place, or a writer error, naming ``path``.
     """
@@ -129,7 +140,14 @@ def _staging(outputs: OutputSet | None) -> Iterator[OutputSet]:
 
 @dataclass
 class Segment:
-    """One segment of a Slicer segmentation: its name, colour and 0/1 mask on the grid."""
+    """One segment of a Slicer segmentation: its name, colour and 0/1 mask on the grid.
+
+    Attributes:
+        name: the segment's name.
+        mask: bool ``[z, y, x]`` on the segmentation's grid.
+        color: RGB in [0, 1].
+        segment_id: Slicer's segment id, if known.
+    """
 
     name: str
     mask: np.ndarray  # bool, [z, y, x]
@@ -139,19 +157,39 @@ class Segment:
 
 @dataclass
 class Segmentation:
-    """A Slicer segmentation: a grid (geometry of ``reference``) and named segments."""
+    """A Slicer segmentation: a grid (geometry of ``reference``) and named segments.
+
+    Attributes:
+        reference: a volume giving the grid (its voxels are not used).
+        segments: the segments; they may overlap.
+    """
 
     reference: Volume
     segments: list[Segment]
 
     def labelmap(self) -> Volume:
-        """Segments as one label volume (segment i -> label i+1; later segments win overlaps)."""
+        """Segments as one label volume (segment i -> label i+1; later segments win overlaps).
+
+        Returns:
+            uint8 label volume (uint16 from 256 segments) on the reference grid.
+        """
         labels = np.zeros(self.reference.shape, dtype=np.uint8 if len(self.segments) < 256 else np.uint16)
         for i, seg in enumerate(self.segments):
             labels[seg.mask] = i + 1
         return self.reference.with_array(labels)
 
     def segment(self, name: str) -> Segment:
+        """A segment by name or id.
+
+        Args:
+            name: the segment's name or Slicer id.
+
+        Returns:
+            The first matching :class:`Segment`.
+
+        Raises:
+            InputError: no segment has that name or id (the message lists the names).
+        """
         for seg in self.segments:
             if seg.name == name or seg.segment_id == name:
                 return seg
@@ -160,6 +198,18 @@ class Segmentation:
 
     @classmethod
     def from_labelmap(cls, labels: Volume, names: Sequence[str] | None = None) -> "Segmentation":
+        """One segment per non-zero label value.
+
+        Args:
+            labels: the label volume.
+            names: segment names in increasing label order (default ``Segment_<value>``).
+
+        Returns:
+            The :class:`Segmentation` on ``labels``' grid; segment ids are ``Segment_<value>``.
+
+        Raises:
+            InputError: the number of names differs from the number of label values.
+        """
         values = [int(v) for v in np.unique(labels.array) if v != 0]
         names = list(names) if names is not None else [f"Segment_{v}" for v in values]
         if len(names) != len(values):
@@ -179,6 +229,16 @@ def read_segmentation(path: str | os.PathLike, limits: ReadLimits | None = None)
     """Read a Slicer ``.seg.nrrd`` (any layout, overlapping segments included) with slicerio.
 
     The header's declared size is checked against ``limits`` before the voxels are read.
+
+    Args:
+        path: the ``.seg.nrrd`` file.
+        limits: size limits (default :class:`~rada.inputs.ReadLimits`).
+
+    Returns:
+        The :class:`Segmentation` on the file's grid (Slicer's possibly cropped extent).
+
+    Raises:
+        InputError: the file is missing, truncated, too large or malformed.
     """
     import slicerio
 
@@ -216,7 +276,16 @@ def write_segmentation(segmentation: Segmentation, path: str | os.PathLike,
                        outputs: OutputSet | None = None) -> Path:
     """Write a Slicer ``.seg.nrrd`` atomically (segments may overlap; slicerio adds layers).
 
-    ``outputs``: stage the file in this output set instead of committing it at once.
+    Args:
+        segmentation: what to write.
+        path: the target file.
+        outputs: stage the file in this output set instead of committing it at once.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: a segment's mask does not match the grid, or the file cannot be written.
     """
     import slicerio
 
@@ -237,7 +306,13 @@ def write_segmentation(segmentation: Segmentation, path: str | os.PathLike,
 
 @dataclass
 class PaintedAnnotation:
-    """An annotation as read from a file, with the painted segment's name and colour if it had one."""
+    """An annotation as read from a file, with the painted segment's name and colour if it had one.
+
+    Attributes:
+        annotation: the sparse annotation.
+        segment_name: the painted segment's name (``.seg.nrrd`` only).
+        color: its RGB colour in [0, 1] (``.seg.nrrd`` only).
+    """
 
     annotation: SparseAnnotation
     segment_name: str | None = None
@@ -289,5 +364,17 @@ def load_annotation(path: str | os.PathLike, segment: str | None = None,
 
 def read_annotation(path: str | os.PathLike, segment: str | None = None,
                     reference: Volume | None = None) -> SparseAnnotation:
-    """Read a sparse annotation or a painting (see :func:`load_annotation`)."""
+    """Read a sparse annotation or a painting (see :func:`load_annotation`).
+
+    Args:
+        path: the annotation file.
+        segment: the painted segment's name or id in a ``.seg.nrrd`` with several.
+        reference: the image grid (a cropped painting is placed onto it).
+
+    Returns:
+        The :class:`SparseAnnotation`.
+
+    Raises:
+        InputError: unreadable file, values other than 0/1/255, or no/ambiguous segment.
+    """
     return load_annotation(path, segment, reference).annotation

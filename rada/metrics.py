@@ -19,7 +19,17 @@ from scipy import ndimage
 
 @dataclass(frozen=True)
 class SegmentationScores:
-    """Scores of one prediction against one reference; distances are None when undefined."""
+    """Scores of one prediction against one reference; distances are None when undefined.
+
+    Attributes:
+        dice: Dice coefficient.
+        jaccard: Jaccard index.
+        hd95: 95th-percentile symmetric surface distance, in voxels.
+        asd: average surface distance from prediction to reference, in voxels.
+        hd95_mm: ``hd95`` in mm (None without spacing).
+        asd_mm: ``asd`` in mm (None without spacing).
+        empty: ``prediction``, ``reference``, ``both`` or None (then every distance is None).
+    """
 
     dice: float
     jaccard: float
@@ -30,18 +40,39 @@ class SegmentationScores:
     empty: str | None = None  # "prediction", "reference", "both" or None
 
     def as_dict(self) -> dict:
+        """The scores as a dict.
+
+        Returns:
+            Field name -> value.
+        """
         return asdict(self)
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice coefficient of two binary masks (1.0 when both are empty)."""
+    """Dice coefficient of two binary masks.
+
+    Args:
+        pred: the prediction (non-zero is foreground).
+        ref: the reference, same shape.
+
+    Returns:
+        Dice in [0, 1]; 1.0 when both are empty.
+    """
     p, r = np.asarray(pred, bool), np.asarray(ref, bool)
     total = p.sum() + r.sum()
     return 1.0 if total == 0 else float(2.0 * np.logical_and(p, r).sum() / total)
 
 
 def jaccard(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Jaccard index (intersection over union) of two binary masks (1.0 when both are empty)."""
+    """Jaccard index (intersection over union) of two binary masks.
+
+    Args:
+        pred: the prediction (non-zero is foreground).
+        ref: the reference, same shape.
+
+    Returns:
+        Jaccard in [0, 1]; 1.0 when both are empty.
+    """
     p, r = np.asarray(pred, bool), np.asarray(ref, bool)
     union = np.logical_or(p, r).sum()
     return 1.0 if union == 0 else float(np.logical_and(p, r).sum() / union)
@@ -55,7 +86,16 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
     """Distances from each surface voxel of ``pred`` to the nearest surface voxel of ``ref``.
 
-    ``spacing`` is per array axis (``[z, y, x]`` order for SimpleITK arrays); None = voxels.
+    Args:
+        pred: binary mask.
+        ref: binary mask, same shape.
+        spacing: per array axis (``[z, y, x]`` order for SimpleITK arrays); None = voxels.
+
+    Returns:
+        One distance per surface voxel of ``pred``.
+
+    Raises:
+        ValueError: either mask is empty.
     """
     p, r = np.asarray(pred, bool), np.asarray(ref, bool)
     if not p.any() or not r.any():
@@ -65,18 +105,54 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
 
 
 def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = None) -> float:
-    """95th percentile of the symmetric surface distances."""
+    """95th percentile of the symmetric surface distances.
+
+    Args:
+        pred: binary mask.
+        ref: binary mask, same shape.
+        spacing: per array axis; None = voxels.
+
+    Returns:
+        The distance, in mm with ``spacing``, else in voxels.
+
+    Raises:
+        ValueError: either mask is empty.
+    """
     both = np.concatenate([surface_distances(pred, ref, spacing), surface_distances(ref, pred, spacing)])
     return float(np.percentile(both, 95))
 
 
 def asd(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = None) -> float:
-    """Average surface distance from the prediction's surface to the reference's."""
+    """Average surface distance from the prediction's surface to the reference's (directed).
+
+    Args:
+        pred: binary mask.
+        ref: binary mask, same shape.
+        spacing: per array axis; None = voxels.
+
+    Returns:
+        The distance, in mm with ``spacing``, else in voxels.
+
+    Raises:
+        ValueError: either mask is empty.
+    """
     return float(surface_distances(pred, ref, spacing).mean())
 
 
 def evaluate(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float] | None = None) -> SegmentationScores:
-    """All scores of one case; ``spacing_zyx`` (array order) adds the distances in mm."""
+    """All scores of one case.
+
+    Args:
+        pred: the prediction (non-zero is foreground).
+        ref: the reference, same shape.
+        spacing_zyx: voxel size in array order; adds the distances in mm.
+
+    Returns:
+        The :class:`SegmentationScores`; distances are None when either mask is empty.
+
+    Raises:
+        ValueError: the shapes differ.
+    """
     p, r = np.asarray(pred) > 0, np.asarray(ref) > 0
     if p.shape != r.shape:
         raise ValueError(f"prediction shape {p.shape} differs from reference shape {r.shape}")
@@ -102,8 +178,15 @@ def evaluate(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float] | N
 def summarize(scores: Sequence[SegmentationScores]) -> dict[str, dict[str, float | int]]:
     """Mean and standard deviation of each metric over cases, as in the papers' tables.
 
-    Cases with an empty prediction or reference are counted, not averaged into the
-    surface metrics (``n`` says how many cases each mean is over).
+    Cases with an empty prediction or reference are counted, not averaged into the surface
+    metrics (``n`` says how many cases each mean is over).
+
+    Args:
+        scores: one entry per case.
+
+    Returns:
+        Metric -> ``{"mean", "std", "n"}`` (metrics without any value are left out), plus
+        ``"empty": {"n": ...}``.
     """
     out: dict[str, dict[str, float | int]] = {}
     for key in ("dice", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm"):

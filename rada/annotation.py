@@ -58,7 +58,15 @@ def take_slice(array: np.ndarray, axis: int, index: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SparseAnnotation:
-    """Labels (0/1/255) on the image grid; the annotated slices are those without 255."""
+    """Labels (0/1/255) on the image grid; the annotated slices are those without 255.
+
+    Attributes:
+        labels: uint8 volume: 0 background, 1 structure, 255 not annotated (other integer
+            dtypes are converted).
+
+    Raises:
+        InputError: values other than 0, 1 and 255.
+    """
 
     labels: Volume
 
@@ -74,10 +82,12 @@ class SparseAnnotation:
 
     @property
     def array(self) -> np.ndarray:
+        """The label array ``[z, y, x]`` (uint8 0/1/255)."""
         return self.labels.array
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """The grid's shape ``(z, y, x)``."""
         return self.labels.shape
 
     def annotated_slices(self, axis: int | str) -> list[int]:
@@ -94,7 +104,11 @@ class SparseAnnotation:
         return np.flatnonzero(~(self.array == IGNORE).any(axis=other)).tolist()
 
     def slices(self) -> dict[str, list[int]]:
-        """Annotated slice indices for every axis, by axis name."""
+        """Annotated slice indices for every axis.
+
+        Returns:
+            View name (``sagittal``, ``coronal``, ``axial``) -> ascending indices.
+        """
         return {name: self.annotated_slices(name) for name in VIEW_NAMES}
 
     def slice_mask(self, axis: int | str, index: int) -> np.ndarray:
@@ -116,11 +130,19 @@ class SparseAnnotation:
         return take_slice(self.array, a, index) == FOREGROUND
 
     def known(self) -> np.ndarray:
-        """Bool mask of every annotated voxel."""
+        """Bool mask of every annotated voxel.
+
+        Returns:
+            ``[z, y, x]``, True where the label is not 255.
+        """
         return self.array != IGNORE
 
     def foreground(self) -> np.ndarray:
-        """Bool mask of every voxel annotated as structure."""
+        """Bool mask of every voxel annotated as structure.
+
+        Returns:
+            ``[z, y, x]``, True where the label is 1.
+        """
         return self.array == FOREGROUND
 
     def paste(self, label: np.ndarray) -> np.ndarray:
@@ -168,6 +190,12 @@ class SparseAnnotation:
         Along an axis, the structure cannot reach past the range covered on the annotated
         slices of the *other* two axes (they cut the whole structure). That bound is what
         the three painted slices already tell us, before any registration.
+
+        Returns:
+            Slices ``[z, y, x]`` of the structure voxels' bounding box.
+
+        Raises:
+            ValueError: no voxel is annotated as structure.
         """
         fg = self.foreground()
         bounds = []
@@ -240,6 +268,17 @@ def from_painting(painted: Volume, min_area: int = 4) -> SparseAnnotation:
     the most unexplained painted voxels is taken as painted, its voxels become explained,
     and so on until every painted voxel is explained. On each painted slice, unpainted
     voxels are background; everything else is 'not annotated'.
+
+    Args:
+        painted: the painting (non-zero is painted).
+        min_area: once a slice is chosen, stop when the best remaining slice explains fewer
+            painted voxels than this (stray clicks off the painted planes).
+
+    Returns:
+        The :class:`SparseAnnotation` on the painting's grid.
+
+    Raises:
+        InputError: nothing is painted.
     """
     mask = np.asarray(painted.array) > 0
     if not mask.any():
@@ -263,7 +302,14 @@ def from_painting(painted: Volume, min_area: int = 4) -> SparseAnnotation:
 
 
 def pick_largest_slices(foreground: np.ndarray) -> dict[str, list[int]]:
-    """Per axis, the slice with the largest foreground area (first one on ties)."""
+    """Per axis, the slice with the largest foreground area (first one on ties).
+
+    Args:
+        foreground: bool ``[z, y, x]`` mask.
+
+    Returns:
+        View name -> a one-element list with the slice index.
+    """
     out = {}
     for name in VIEW_NAMES:
         a = AXIS_OF[name]
@@ -331,6 +377,9 @@ def check_annotation_values(labels: Volume, what: str = "annotation") -> Volume:
         labels: the annotation or painting as read from its file.
         what: how to name it in the message (usually its path).
 
+    Returns:
+        The labels as uint8 (bool is converted to 0/1).
+
     Raises:
         InputError: with the offending values.
     """
@@ -352,7 +401,16 @@ def check_annotation_values(labels: Volume, what: str = "annotation") -> Volume:
 def as_annotation(labels: Volume, what: str = "annotation") -> SparseAnnotation:
     """A label volume as a sparse annotation: 0/1/255 as is; a plain 0/1 mask is a painting.
 
-    Values other than 0, 1 and 255 are refused (:func:`check_annotation_values`).
+    Args:
+        labels: the annotation or painting.
+        what: how to name it in messages (usually its path).
+
+    Returns:
+        The :class:`SparseAnnotation` (via :func:`from_painting` when no voxel is 255).
+
+    Raises:
+        InputError: values other than 0, 1 and 255 (:func:`check_annotation_values`), or an
+            empty painting.
     """
     labels = check_annotation_values(labels, what)
     if (labels.array == IGNORE).any():

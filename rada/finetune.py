@@ -66,26 +66,44 @@ COMBINE = ("fuse", "alone")
 class FinetuneConfig:
     """Everything that sets the per-case fine-tune; see :meth:`cpu` and :meth:`gpu`.
 
-    ``width``: first V-Net stage's channels (16 = the paper; ignored when starting from a
-    checkpoint, whose architecture wins). ``patch_size``: training window ``[z, y, x]`` at the
-    working resolution (shrunk to the crop, multiples of 16). ``scale``: working resolution
-    relative to the image (0.5 = half the voxels per axis). ``iterations``: fine-tune steps
-    from scratch or a checkpoint; ``refine_iterations`` when starting from the weights of a
-    previous call on the same image. ``labeled_batch`` / ``unlabeled_batch``: patches per step
-    of the supervised and the cross-view stream (both drawn from this case).
-    ``teacher_passes``: noisy passes T of the certainty estimate. ``registration_resolution``:
-    ANTs propagation's :data:`rada.propagation.RESOLUTIONS` (``half`` registers slices at half resolution).
-    ``guidance``: use Alpha-CLIP embeddings when the weights are installed; ``organ`` names
-    the structure in the text prompt. ``optimizer``: ``sgd`` (METHOD.md: momentum 0.9, weight
-    decay 1e-4) or ``adam`` (same weight decay; converges in far fewer steps from scratch).
-    ``decay_schedule``: run METHOD.md's alpha (decay base) schedule on the fine-tune's clock; off
-    (DEFAULT) keeps the decay base at its start value 0.95 -- a short run would otherwise spend its second half
-    learning from the painted slices alone. ``lr_decay``: METHOD.md's x0.1 steps (at 5/12 and
-    5/6 of the run). ``dropout``: of the V-Net's bottleneck and last feature (0.5 = METHOD.md;
-    scratch models only). ``combine``: ``fuse`` adds the probability's log-odds to
-    the fast preset's evidence, ``alone`` thresholds it. ``threads``: torch CPU threads while
-    fine-tuning and inferring (None = torch's setting; 1 is fastest on a CPU shared with other work, where
-    tiny 3D convolutions on 2 contended threads ran ~10x slower). ``seed``: data sampling and noise.
+    Attributes:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        width: first V-Net stage's channels (16 = the paper; ignored when starting from a
+            checkpoint, whose architecture wins).
+        patch_size: training window ``[z, y, x]`` at the working resolution (shrunk to the
+            crop, multiples of 16).
+        scale: working resolution relative to the image (0.5 = half the voxels per axis); the
+            propagation runs on the working grid too.
+        iterations: fine-tune steps from scratch or a checkpoint.
+        refine_iterations: steps when starting from the weights of a previous call on the same
+            image.
+        labeled_batch: patches per step of the supervised stream (drawn from this case).
+        unlabeled_batch: patches per step of the cross-view stream (drawn from this case).
+        optimizer: ``sgd`` (METHOD.md: momentum 0.9, weight decay 1e-4) or ``adam`` (AdamW,
+            same weight decay; converges in far fewer steps from scratch).
+        lr: learning rate.
+        decay_schedule: run METHOD.md's alpha (decay base) schedule on the fine-tune's clock;
+            off (DEFAULT) keeps the decay base at its start value 0.95 -- a short run would
+            otherwise spend its second half learning from the painted slices alone.
+        lr_decay: METHOD.md's x0.1 steps (at 5/12 and 5/6 of the run).
+        dropout: of the V-Net's bottleneck and last feature (0.5 = METHOD.md; scratch models
+            only).
+        momentum: SGD momentum.
+        weight_decay: weight decay of either optimizer.
+        teacher_passes: noisy passes T of the certainty estimate.
+        registration_resolution: ANTs propagation's :data:`rada.propagation.RESOLUTIONS`
+            (``half`` registers slices at half resolution).
+        registration_workers: registration processes (None = the CPUs this process may use).
+        guidance: use Alpha-CLIP embeddings when the weights are installed.
+        organ: names the structure in the text prompt.
+        combine: ``fuse`` adds the probability's log-odds to the fast preset's evidence,
+            ``alone`` thresholds it.
+        probability_weight: weight of those log-odds with ``fuse``.
+        infer_batch: windows per forward pass of the sliding-window inference.
+        threads: torch CPU threads while fine-tuning and inferring (None = torch's setting; 1
+            is fastest on a CPU shared with other work, where tiny 3D convolutions on 2
+            contended threads ran ~10x slower).
+        seed: data sampling and noise.
     """
 
     device: str = "auto"
@@ -116,10 +134,18 @@ class FinetuneConfig:
 
     @classmethod
     def cpu(cls, **overrides: Any) -> "FinetuneConfig":
-        """Half resolution (propagation included),
-        width 4, 32^3 patches, 40 steps, T = 2 (3D convolutions on a CPU are the limit). So few
-        steps need a constant, higher learning rate (0.05) and no dropout: measured on a
-        training case, 30 steps reach Dice 0.59 this way, 0.40 with METHOD.md's 0.01 and dropout."""
+        """The CPU profile: half resolution (propagation included), width 4, 32^3 patches, 40 steps,
+        T = 2 (3D convolutions on a CPU are the limit).
+
+        So few steps need a constant, higher learning rate (0.05) and no dropout: measured on a
+        training case, 30 steps reach Dice 0.59 this way, 0.40 with METHOD.md's 0.01 and dropout.
+
+        Args:
+            **overrides: fields that replace the profile's values.
+
+        Returns:
+            The :class:`FinetuneConfig` (not validated).
+        """
         base = dict(device="cpu", width=4, patch_size=(32, 32, 32), scale=0.5, iterations=40,
                     refine_iterations=15, labeled_batch=1, unlabeled_batch=1, teacher_passes=2,
                     lr=0.05, dropout=0.0, lr_decay=False,
@@ -128,12 +154,28 @@ class FinetuneConfig:
 
     @classmethod
     def gpu(cls, **overrides: Any) -> "FinetuneConfig":
-        """The paper's network and patch at full resolution, 400 steps (not measured on a GPU yet)."""
+        """The GPU profile: the paper's network and patch at full resolution, 400 steps (not measured
+        on a GPU yet).
+
+        Args:
+            **overrides: fields that replace the profile's values.
+
+        Returns:
+            The :class:`FinetuneConfig` (not validated).
+        """
         return cls(**{"device": "cuda", **overrides})
 
     @classmethod
     def for_device(cls, device: str = "auto", **overrides: Any) -> "FinetuneConfig":
-        """The GPU profile when ``device`` resolves to CUDA, the CPU profile otherwise."""
+        """The GPU profile when ``device`` resolves to CUDA, the CPU profile otherwise.
+
+        Args:
+            device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+            **overrides: fields that replace the profile's values.
+
+        Returns:
+            The :class:`FinetuneConfig` (not validated).
+        """
 
         dev = select_device(device)
         return cls.gpu(**overrides) if dev.type == "cuda" else cls.cpu(**overrides)
@@ -144,7 +186,15 @@ class FinetuneConfig:
         return max(1, int(round(1.0 / self.scale)))
 
     def validated(self) -> "FinetuneConfig":
-        """Self, or an :class:`InputError` naming the bad field."""
+        """Check the settings.
+
+        Returns:
+            self.
+
+        Raises:
+            InputError: naming the bad field (width, iterations, scale, patch size, batches,
+                teacher passes, optimizer or combine).
+        """
         if self.width < 1 or self.iterations < 0 or self.refine_iterations < 0:
             raise InputError("width must be >= 1 and iterations >= 0")
         if not 0.1 <= self.scale <= 1.0:
@@ -161,7 +211,14 @@ class FinetuneConfig:
 
 @dataclass
 class FinetunedWeights:
-    """The three views' fine-tuned weights (CPU tensors), reusable by a later call."""
+    """The three views' fine-tuned weights (CPU tensors), reusable by a later call.
+
+    Attributes:
+        model_config: the networks' :class:`~rada.nets.ModelConfig` as a dict.
+        views: view name -> state dict.
+        iterations: fine-tune steps these weights have seen in total.
+        origin: what the first fine-tune started from: scratch or checkpoint.
+    """
 
     model_config: dict[str, Any]
     views: dict[str, dict[str, torch.Tensor]]
@@ -169,13 +226,28 @@ class FinetunedWeights:
     origin: str                     # what the first fine-tune started from: scratch or checkpoint
 
     def compatible(self, model_config: Mapping[str, Any]) -> bool:
+        """Whether these weights fit a network of ``model_config``.
+
+        Args:
+            model_config: a :class:`~rada.nets.ModelConfig` as a dict.
+
+        Returns:
+            True when both configs are equal (compared as sorted JSON).
+        """
         return json.dumps(self.model_config, sort_keys=True) == json.dumps(dict(model_config), sort_keys=True)
 
 
 @dataclass
 class FinetuneResult:
-    """Foreground ``probability`` on the crop (float32), the ``weights`` to reuse, the ``report``,
-    and the ANTs ``pseudo_label`` (majority of the propagated views, uint8, crop grid)."""
+    """What one fine-tune returns.
+
+    Attributes:
+        probability: float32 foreground probability on the crop.
+        weights: the fine-tuned weights, to reuse in a later call.
+        report: device, settings, start, guidance, iterations, propagation statistics and timings.
+        pseudo_label: the ANTs pseudo-label (majority of the propagated views), uint8, crop
+            grid.
+    """
 
     probability: np.ndarray
     weights: FinetunedWeights
@@ -439,7 +511,19 @@ def finetune_case(image: Volume, annotation: SparseAnnotation, config: FinetuneC
 
 
 def annotation_key(annotation: SparseAnnotation, config: FinetuneConfig, start_model: str | None) -> str:
-    """Hash of what makes a fine-tune probability: the painted voxels, the settings, the start."""
+    """Hash of what makes a fine-tune probability: the painted voxels, the settings, the start.
+
+    ``combine`` and ``probability_weight`` are left out: they change how the probability is
+    used, not the probability.
+
+    Args:
+        annotation: the sparse annotation.
+        config: the fine-tune settings.
+        start_model: the checkpoint the fine-tune starts from, or None.
+
+    Returns:
+        A 32-character hex digest.
+    """
     h = hashlib.blake2b(digest_size=16)
     h.update(np.ascontiguousarray(annotation.array).tobytes())
     h.update(repr(annotation.shape).encode())
@@ -452,7 +536,16 @@ def annotation_key(annotation: SparseAnnotation, config: FinetuneConfig, start_m
 @dataclass
 class FinetuneMemory:
     """What the service keeps per image between Segment calls: the last fine-tuned weights and,
-    for a repeat of the same painting and settings, the last probability (on its crop box)."""
+    for a repeat of the same painting and settings, the last probability (on its crop box).
+
+    Attributes:
+        weights: the last fine-tuned weights.
+        key: :func:`annotation_key` of the last call.
+        box: that call's crop box, ``(start, stop)`` per array axis.
+        probability: that call's probability on the box.
+        pseudo_label: that call's ANTs pseudo-label on the box.
+        report: that call's report (a copy).
+    """
 
     weights: FinetunedWeights | None = None
     key: str | None = None
@@ -462,13 +555,31 @@ class FinetuneMemory:
     report: dict[str, Any] | None = None
 
     def remember(self, key: str, box: tuple[tuple[int, int], ...], result: FinetuneResult) -> None:
+        """Keep a call's result for the next call on the same image.
+
+        Args:
+            key: :func:`annotation_key` of the call.
+            box: its crop box, ``(start, stop)`` per array axis.
+            result: its result.
+        """
         self.weights, self.key, self.box = result.weights, key, box
         self.probability, self.pseudo_label = result.probability, result.pseudo_label
         self.report = copy.deepcopy(result.report)
 
 
 def with_overrides(config: FinetuneConfig, **changes: Any) -> FinetuneConfig:
-    """A copy of ``config`` with ``changes`` (validated)."""
+    """A copy of ``config`` with ``changes``, validated.
+
+    Args:
+        config: the base settings.
+        **changes: fields to replace.
+
+    Returns:
+        The new :class:`FinetuneConfig`.
+
+    Raises:
+        InputError: the result is invalid (see :meth:`FinetuneConfig.validated`).
+    """
     return replace(config, **changes).validated()
 
 
@@ -520,7 +631,16 @@ def segment_probability(image: Volume, annotation: SparseAnnotation, box: tuple[
 
 def probability_mask(probability: np.ndarray, annotation: SparseAnnotation, threshold: float = 0.5) -> np.ndarray:
     """``combine='alone'``: the thresholded probability, painted voxels exact, only components
-    that hold painted structure, holes filled."""
+    that hold painted structure, holes filled.
+
+    Args:
+        probability: foreground probability ``[z, y, x]`` on the annotation's grid.
+        annotation: the sparse annotation.
+        threshold: probability above which a voxel is structure.
+
+    Returns:
+        Bool mask ``[z, y, x]``.
+    """
     known = annotation.known()
     mask = probability > threshold
     mask[known] = annotation.foreground()[known]

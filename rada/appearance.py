@@ -34,7 +34,14 @@ class AppearanceConfig:
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
-    """Robust z-score (median, spread between the 5th and 95th percentile): CT, MRI alike."""
+    """Robust z-score (median, spread between the 5th and 95th percentile): CT, MRI alike.
+
+    Args:
+        image: the image array.
+
+    Returns:
+        float32 ``(image - median) / (p95 - p5)``.
+    """
     img = np.asarray(image, np.float32)
     lo, med, hi = np.percentile(img, [5, 50, 95])
     return (img - med) / max(float(hi - lo), 1e-6)
@@ -77,8 +84,19 @@ def features(image: np.ndarray, spacing_zyx: tuple[float, float, float],
 
 def coarse_features(image: np.ndarray, spacing_zyx: tuple[float, float, float],
                     config: AppearanceConfig = AppearanceConfig()) -> np.ndarray:
-    """:func:`features` on the working grid: the crop itself, or a coarser grid over the same
-    field of view when the crop has more than ``config.max_voxels`` voxels."""
+    """:func:`features` on the working grid.
+
+    The working grid is the crop itself, or a coarser grid over the same field of view when
+    the crop has more than ``config.max_voxels`` voxels.
+
+    Args:
+        image: the crop ``[z, y, x]``.
+        spacing_zyx: its voxel size in array order (mm).
+        config: the feature settings.
+
+    Returns:
+        float32 features ``[z', y', x', n_features]`` on the working grid.
+    """
     factor = max(1.0, (image.size / config.max_voxels) ** (1 / 3))
     if factor == 1.0:
         return features(image, spacing_zyx, config)
@@ -89,7 +107,16 @@ def coarse_features(image: np.ndarray, spacing_zyx: tuple[float, float, float],
 
 
 def sample_features(feats: np.ndarray, flat_index: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Feature rows of the crop voxels ``flat_index`` (interpolated when ``feats`` is coarser)."""
+    """Feature rows of the crop voxels ``flat_index`` (interpolated when ``feats`` is coarser).
+
+    Args:
+        feats: features from :func:`coarse_features`.
+        flat_index: flat indices into the crop.
+        shape: the crop's shape ``(z, y, x)``.
+
+    Returns:
+        ``[len(flat_index), n_features]``.
+    """
     if feats.shape[:-1] == tuple(shape):
         return feats.reshape(-1, feats.shape[-1])[flat_index]
     # ndimage.zoom maps first and last voxels onto each other (grid_mode=False)

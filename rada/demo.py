@@ -24,7 +24,13 @@ from rada.shape_prior import visual_hull
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """What ``rada demo`` runs: where its files go, the phantom's seed, the Segment preset."""
+    """What ``rada demo`` runs.
+
+    Attributes:
+        out: folder for the demo's files.
+        seed: the phantom's random seed.
+        preset: the Segment preset (``fast`` or ``full``).
+    """
 
     out: Path = Path("rada-demo")
     seed: int = 0
@@ -33,7 +39,13 @@ class DemoConfig:
 
 @dataclass
 class DemoResult:
-    """The demo's scores and its summary (also written to ``out/report.json``)."""
+    """The demo's scores and its summary (also written to ``out/report.json``).
+
+    Attributes:
+        scores: the segmentation against the phantom's truth.
+        baseline: extrude-intersect of the three painted slices against the truth.
+        summary: Dice, HD95 (mm), baseline Dice, seconds, files and the Segment report.
+    """
 
     scores: SegmentationScores                       # the segmentation against the phantom's truth
     baseline: SegmentationScores                     # extrude-intersect of the three painted slices

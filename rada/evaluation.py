@@ -17,7 +17,18 @@ _COLUMNS = ("dice", "jaccard", "hd95", "asd", "hd95_mm", "asd_mm")
 
 
 def score_volumes(pred: Volume, ref: Volume) -> SegmentationScores:
-    """Score two label volumes on the same grid (distances in voxels and mm)."""
+    """Score two label volumes on the same grid (distances in voxels and mm).
+
+    Args:
+        pred: the predicted label (non-zero is structure).
+        ref: the reference label.
+
+    Returns:
+        The :class:`~rada.metrics.SegmentationScores`.
+
+    Raises:
+        InputError: the grids differ.
+    """
     mismatch = pred.grid_mismatch(ref)
     if mismatch:
         raise InputError(f"prediction and reference grids differ: {mismatch}")
@@ -40,7 +51,20 @@ def _label_files(folder: Path) -> dict[str, Path]:
 def evaluate_paths(pred: str | os.PathLike, gt: str | os.PathLike) -> tuple[list[dict], dict]:
     """Score a file against a file, or a folder against a folder (cases matched by name).
 
-    Returns the per-case rows (``case`` plus every score) and the mean/std summary.
+    In folder mode every prediction needs a reference of the same name; references without a
+    prediction are ignored.
+
+    Args:
+        pred: a predicted label volume, or a folder of them.
+        gt: the reference volume, or a folder of them.
+
+    Returns:
+        ``(rows, summary)``: the per-case rows (``case`` plus every score) and the mean/std
+        summary (:func:`rada.metrics.summarize`).
+
+    Raises:
+        InputError: a file and a folder, a prediction without reference, an empty folder, an
+            unreadable volume, or grids that differ.
     """
     pred_p, gt_p = Path(pred), Path(gt)
     if pred_p.is_dir() != gt_p.is_dir():
@@ -64,7 +88,15 @@ def evaluate_paths(pred: str | os.PathLike, gt: str | os.PathLike) -> tuple[list
 
 
 def format_table(rows: list[dict], summary: dict) -> str:
-    """A plain-text table: one line per case, then mean +- std as in the papers."""
+    """A plain-text table: one line per case, then mean +- std as in the papers.
+
+    Args:
+        rows: the per-case rows of :func:`evaluate_paths`.
+        summary: its summary.
+
+    Returns:
+        The table.
+    """
     head = f"{'case':<24}" + "".join(f"{c:>10}" for c in _COLUMNS) + "  note"
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -81,7 +113,18 @@ def format_table(rows: list[dict], summary: dict) -> str:
 
 
 def write_csv(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Write the per-case rows as CSV, atomically."""
+    """Write the per-case rows as CSV, atomically.
+
+    Args:
+        rows: the per-case rows of :func:`evaluate_paths`.
+        path: the CSV file.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: the file cannot be written.
+    """
     target = Path(path)
     with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["case", *_COLUMNS, "empty"])

@@ -44,6 +44,15 @@ class FusionConfig:
 
 
 def probability_to_logit(p: np.ndarray, clip: float) -> np.ndarray:
+    """Log-odds of a probability, clipped to stay finite.
+
+    Args:
+        p: probabilities.
+        clip: ``p`` is clipped to ``[clip, 1 - clip]`` first.
+
+    Returns:
+        float32 ``log(p / (1 - p))``.
+    """
     p = np.clip(np.asarray(p, np.float32), clip, 1.0 - clip)
     return np.log(p / (1.0 - p))
 
@@ -55,6 +64,15 @@ def intensity_log_likelihood_ratio(image: np.ndarray, annotation: SparseAnnotati
     Intensities are binned between the 1st and 99th percentile inside ``region``; the
     background histogram uses annotated background voxels inside ``region`` only, so that
     far-away tissue does not dilute it. Laplace smoothing keeps unseen bins finite.
+
+    Args:
+        image: the image ``[z, y, x]``.
+        annotation: the sparse annotation on its grid.
+        region: bool ``[z, y, x]``, the region of interest (not empty).
+        bins: histogram bins.
+
+    Returns:
+        float32 ``[z, y, x]`` log-likelihood ratio.
     """
     img = np.asarray(image, np.float32)
     lo, hi = np.percentile(img[region], [1, 99])
@@ -68,7 +86,17 @@ def intensity_log_likelihood_ratio(image: np.ndarray, annotation: SparseAnnotati
 
 
 def prior_logit(shape_warps: Sequence[np.ndarray], shape: tuple[int, ...], config: FusionConfig) -> np.ndarray:
-    """Log-odds of the shape prior: the mean of the warps, smoothed, clipped (p = clip when none)."""
+    """Log-odds of the shape prior: the mean of the warps, smoothed, clipped.
+
+    Args:
+        shape_warps: warped 0/1 shape masks, each of ``shape``.
+        shape: the grid's shape.
+        config: ``prior_sigma`` and ``prior_clip``.
+
+    Returns:
+        float32 log-odds of ``shape``; the logit of ``prior_clip`` everywhere when there is
+        no warp.
+    """
     if not len(shape_warps):
         return np.full(shape, float(probability_to_logit(np.zeros(1), config.prior_clip)[0]), np.float32)
     prior = ndimage.gaussian_filter(np.mean(np.stack(shape_warps), axis=0, dtype=np.float32), config.prior_sigma)
@@ -80,6 +108,13 @@ def keep_painted_components(mask: np.ndarray, annotation: SparseAnnotation) -> n
 
     Any painted plane counts: a left/right pair whose sagittal slice shows one member keeps
     the other one as long as the axial or coronal slice shows it.
+
+    Args:
+        mask: bool ``[z, y, x]`` segmentation.
+        annotation: the sparse annotation on its grid.
+
+    Returns:
+        The cleaned bool mask.
     """
     labels, n = ndimage.label(mask)
     if n > 1:

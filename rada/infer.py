@@ -47,7 +47,14 @@ class InferenceConfig:
 
 @dataclass
 class Prediction:
-    """A prediction on the image grid: the 0/1 ``label``, the foreground ``probability`` and facts."""
+    """A prediction on the image grid.
+
+    Attributes:
+        label: uint8 0/1 label with the input image's geometry.
+        probability: float32 foreground probability, same grid.
+        info: facts about the run: device, view, blending, guidance, checkpoint content hash
+            and the model grid.
+    """
 
     label: Volume
     probability: Volume
@@ -111,10 +118,29 @@ def importance_map(patch: Sequence[int], mode: str = "gaussian", sigma_scale: fl
 def sliding_window(array: np.ndarray, predictor: Predictor, patch: Sequence[int], stride: Sequence[int] | None = None,
                    blending: str = "gaussian", batch_size: int = 4, device: torch.device | str = "cpu",
                    sigma_scale: float = 0.125, return_coverage: bool = False):
-    """Blend ``predictor`` (``[B, 1, *patch] -> [B, C, *patch]`` probabilities) over a ``[z, y, x]`` array.
+    """Blend ``predictor`` over a ``[z, y, x]`` array, window by window.
 
-    Returns ``[C, z, y, x]`` float32 probabilities (and the per-voxel sum of blending
-    weights when ``return_coverage``; it is positive everywhere).
+    Arrays smaller than ``patch`` are padded (centred, with the array's minimum) and the
+    result cropped back.
+
+    Args:
+        array: the image ``[z, y, x]``.
+        predictor: ``[B, 1, *patch] -> [B, C, *patch]`` probabilities.
+        patch: window size ``[z, y, x]``.
+        stride: step between windows ``[z, y, x]`` (default half the patch; clamped to the
+            patch).
+        blending: ``gaussian`` or ``uniform`` importance weights.
+        batch_size: windows per predictor call.
+        device: where the windows and the accumulators live.
+        sigma_scale: Gaussian sigma as a fraction of the patch size.
+        return_coverage: also return the per-voxel sum of blending weights.
+
+    Returns:
+        ``[C, z, y, x]`` float32 probabilities, or ``(probabilities, coverage)`` where
+        ``coverage`` ``[z, y, x]`` is positive everywhere.
+
+    Raises:
+        ValueError: a stride that is not positive.
     """
     patch = tuple(int(p) for p in patch)
     stride = tuple(int(s) for s in (stride or [max(1, p // 2) for p in patch]))

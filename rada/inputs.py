@@ -62,7 +62,13 @@ class ReadLimits:
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What a volume file's header declares (read without its voxels)."""
+    """What a volume file's header declares (read without its voxels).
+
+    Attributes:
+        size_xyz: voxels per axis, ITK order.
+        components: values per voxel (1 for a scalar image).
+        dtype: the voxel type.
+    """
 
     size_xyz: tuple[int, ...]
     components: int
@@ -70,6 +76,7 @@ class ImageInfo:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the decoded voxels."""
         return int(np.prod(self.size_xyz, dtype=np.float64)) * self.components * self.dtype.itemsize
 
 
@@ -257,6 +264,10 @@ def check_data_complete(path: Path, info: ImageInfo) -> None:
     NRRD (``.nrrd``, ``.seg.nrrd``) with gzip/bzip2 data: the whole stream with its trailer.
     Other formats pass: their readers already fail on short data, and they keep NaN for
     :func:`check_finite` to see.
+
+    Args:
+        path: the file.
+        info: its header, from :func:`probe_image_file`.
 
     Raises:
         InputError: truncated, corrupt, or non-finite data, naming ``path``.

@@ -74,6 +74,14 @@ class SegmentConfig:
     finetune: Any = None              # rada.finetune.FinetuneConfig; None = the device's profile
 
     def resolved(self) -> "SegmentConfig":
+        """A copy with the preset's defaults filled in (``propagate``).
+
+        Returns:
+            The new :class:`SegmentConfig`.
+
+        Raises:
+            InputError: an unknown preset.
+        """
         if self.preset not in PRESETS:
             raise InputError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
         out = SegmentConfig(**{**asdict(self), "fusion": self.fusion, "appearance": self.appearance,
@@ -85,6 +93,13 @@ class SegmentConfig:
 
 @dataclass
 class SegmentResult:
+    """What one Segment call returns.
+
+    Attributes:
+        label: uint8 0/1 label with the input image's geometry.
+        report: JSON-ready: version, preset, device, guidance, model, annotated slices, crop
+            box, agreement between views, structure size (voxels, ml) and timings.
+    """
     label: Volume
     report: dict[str, Any]
 
@@ -100,6 +115,11 @@ class SegmentCache:
     finetune: Any = None       # rada.finetune.FinetuneMemory (fine-tuned weights), on first use
 
     def bind(self, image: Volume) -> None:
+        """Attach the cache to ``image``: everything cached for another image is dropped.
+
+        Args:
+            image: the image of the coming call.
+        """
         key = image_key(image)
         if key != self.image_key:
             self.image_key, self.registrations = key, None
@@ -108,7 +128,14 @@ class SegmentCache:
 
 
 def image_key(image: Volume) -> str:
-    """A content hash of the voxels and the geometry."""
+    """A content hash of the voxels and the geometry.
+
+    Args:
+        image: the image.
+
+    Returns:
+        A 32-character hex digest.
+    """
     h = hashlib.blake2b(digest_size=16)
     h.update(np.ascontiguousarray(image.array).tobytes())
     h.update(repr((image.array.dtype.str, image.shape, image.spacing, image.origin, image.direction)).encode())

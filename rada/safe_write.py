@@ -67,11 +67,18 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def check_output(path: str | os.PathLike, allowed: Sequence[str] | None = None) -> Path:
-    """Check, before any work is done, that ``path`` can be written; return it as a Path.
+    """Check, before any work is done, that ``path`` can be written.
 
     The target must not be a folder, its format must be known (``allowed``), and its
     nearest existing ancestor must be a writable folder (missing folders are created at
     write time and removed again if the write fails).
+
+    Args:
+        path: the output path.
+        allowed: accepted suffixes (e.g. :data:`VOLUME_SUFFIXES`), or None for any.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
         InputError: one line with the user's path and the reason.
@@ -138,7 +145,20 @@ class OutputSet:
         self._created_dirs: list[Path] = []
 
     def stage(self, path: str | os.PathLike, allowed: Sequence[str] | None = None) -> Path:
-        """Create the target's folder if needed and return a fresh temporary path beside it."""
+        """Create the target's folder if needed and return a fresh temporary path beside it.
+
+        The caller writes the temporary file; :meth:`commit` renames it to ``path``.
+
+        Args:
+            path: the final output path.
+            allowed: accepted suffixes, or None for any.
+
+        Returns:
+            The temporary path (created empty, same suffix in lower case).
+
+        Raises:
+            InputError: the target cannot be written.
+        """
         target = check_output(path, allowed)
         # Lower case: ITK picks its writer from the suffix and knows only ".nii.gz", not ".NII.GZ".
         suffix = (format_suffix(target, allowed) if allowed else _plain_suffix(target)).lower()
@@ -172,7 +192,14 @@ class OutputSet:
             self._created_dirs.append(folder)
 
     def commit(self) -> list[Path]:
-        """Rename every staged file to its target (targets already renamed are undone on failure)."""
+        """Rename every staged file to its target (targets already renamed are undone on failure).
+
+        Returns:
+            The targets written, in staging order.
+
+        Raises:
+            InputError: a staged file is missing or cannot be renamed.
+        """
         done: list[Path] = []
         for tmp, target in self._staged:
             try:

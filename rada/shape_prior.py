@@ -33,7 +33,16 @@ def _nearest(indices: list[int], t: int) -> int:
 
 
 def visual_hull(annotation: SparseAnnotation) -> np.ndarray:
-    """Intersection of the annotated masks extruded along their axes (nearest slice per axis)."""
+    """Intersection of the annotated masks extruded along their axes (nearest slice per axis).
+
+    Only :func:`shaped_axes` take part.
+
+    Args:
+        annotation: the sparse annotation.
+
+    Returns:
+        Bool ``[z, y, x]`` hull.
+    """
     fg = annotation.foreground()
     hull = np.ones(annotation.shape, bool)
     for axis in shaped_axes(annotation):
@@ -50,6 +59,12 @@ def shaped_axes(annotation: SparseAnnotation) -> list[int]:
 
     An axis whose painted slices are all empty (cropped away, or painted "nothing here")
     says where the structure is not; that is background evidence, not a shape to extrude.
+
+    Args:
+        annotation: the sparse annotation.
+
+    Returns:
+        Array axes (0, 1, 2) in increasing order.
     """
     fg = annotation.foreground()
     return [a for a in range(3)
@@ -137,6 +152,14 @@ def extent_matched_warp(annotation: SparseAnnotation, axis: int,
     signed distances (shape-based interpolation), so an empty painted slice (no structure)
     shrinks the shape towards it. Slices where the orthogonal annotations show no structure
     stay empty.
+
+    Args:
+        annotation: the sparse annotation.
+        axis: the array axis whose painted slices are propagated.
+        spacing_zyx: voxel size in array order (mm), for the in-plane signed distances.
+
+    Returns:
+        Bool ``[z, y, x]`` mask; empty when ``axis`` has no annotated slice.
     """
     fg = annotation.foreground()
     b, c = _in_plane_axes(axis)

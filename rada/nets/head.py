@@ -22,7 +22,17 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Guidance head sizes. ``embedding_dim = 0`` switches the guidance off."""
+    """Guidance head sizes. ``embedding_dim = 0`` switches the guidance off.
+
+    Attributes:
+        embedding_dim: guidance embedding length: concat(text 512, visual 512); 0 = no guidance.
+        adapter_dim: hidden size of the embedding adapter.
+        projection_dim: size of the region embedding E_ra.
+        controller_dims: output channels of the controller's 1x1x1 convolutions; the last one
+            is the classifier's hidden width.
+        num_classes: output classes (2: background, structure).
+        groups: GroupNorm groups (fewer when the channels are not a multiple).
+    """
 
     embedding_dim: int = 1024        # concat(text 512, visual 512); 0 = no guidance
     adapter_dim: int = 256

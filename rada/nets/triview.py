@@ -21,7 +21,12 @@ from rada.views import VIEWS, View
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of one view's network (the three copies share it)."""
+    """Architecture of one view's network (the three copies share it).
+
+    Attributes:
+        backbone: the V-Net's settings.
+        head: the guidance head's settings.
+    """
 
     backbone: VNetConfig = field(default_factory=VNetConfig)
     head: HeadConfig = field(default_factory=HeadConfig)

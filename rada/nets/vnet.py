@@ -16,7 +16,15 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class VNetConfig:
-    """Backbone hyper-parameters. ``width`` is the first stage's channels (16 in the paper)."""
+    """Backbone hyper-parameters.
+
+    Attributes:
+        in_channels: input channels (1: one image).
+        width: the first stage's channels (16 in the paper); each deeper stage doubles them.
+        encoder_blocks: conv-BN-ReLU blocks per encoder stage.
+        decoder_blocks: blocks per decoder stage (one stage fewer than the encoder).
+        dropout: 3D dropout of the bottleneck and the last decoder features.
+    """
 
     in_channels: int = 1
     width: int = 16

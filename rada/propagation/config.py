@@ -29,24 +29,29 @@ ProgressFn = Callable[[float, str], None]
 class PropagationConfig:
     """How to propagate; every default follows METHOD.md section 2.
 
-    ``transform``: ANTs ``type_of_transform`` between neighbouring slices (``SyNRA`` or ``SyN``).
-    ``resolution``: ``full`` (ANTs defaults) or ``half`` (slices registered downsampled 2x).
-    ``seed``: registration seed (given to ANTs as ``seed + 1``: ANTs ignores 0).
-    ``workers``: registration processes (None = the CPUs this process may use).
-    ``margin``: voxels added around the annotated extent when ``crop`` is on.
-    ``kernel``: side of the square opening/closing after every warp (0 or 1 = none).
-    ``stop_at_extent``: stop each axis at the structure's extent seen on the other annotated
-    axes (plus ``extent_slack`` slices); off = go to the crop box (or volume) edge.
-    ``crop``: register only inside the annotated extent plus ``margin`` (off = full slices).
-    ``percentiles``: per-slice intensity clip before registration.
-    ``crop_quantum``: the crop box's bounds are rounded outward to multiples of this, so that
-    a refinement whose extent grows a little keeps the box, and so its cached registrations.
-    ``start_method``: how the pool starts workers. ``spawn`` (default) is safe in a process
-    that holds threads (torch, a server), but like any multiprocessing program, a script
-    that calls :func:`propagate` needs ``if __name__ == "__main__":``.
-    ``isolate``: run registrations in worker processes with one ITK thread each, even with
-    one worker (off = in this process: faster to start, but the transforms then depend on
-    this process's ITK thread count, so results may differ from the isolated ones).
+    A script that calls :func:`propagate` with the default ``spawn`` start method needs
+    ``if __name__ == "__main__":``, like any multiprocessing program.
+
+    Attributes:
+        transform: ANTs ``type_of_transform`` between neighbouring slices (``SyNRA`` or ``SyN``).
+        resolution: ``full`` (ANTs defaults) or ``half`` (slices registered downsampled 2x).
+        seed: registration seed (given to ANTs as ``seed + 1``: ANTs ignores 0).
+        workers: registration processes (None = the CPUs this process may use).
+        margin: voxels added around the annotated extent when ``crop`` is on.
+        kernel: side of the square opening/closing after every warp (0 or 1 = none).
+        stop_at_extent: stop each axis at the structure's extent seen on the other annotated
+            axes (plus ``extent_slack`` slices); off = go to the crop box (or volume) edge.
+        extent_slack: slices added to that extent.
+        crop: register only inside the annotated extent plus ``margin`` (off = full slices).
+        percentiles: per-slice intensity clip before registration.
+        crop_quantum: the crop box's bounds are rounded outward to multiples of this, so that
+            a refinement whose extent grows a little keeps the box, and so its cached
+            registrations.
+        start_method: how the pool starts workers. ``spawn`` (default) is safe in a process
+            that holds threads (torch, a server).
+        isolate: run registrations in worker processes with one ITK thread each, even with
+            one worker (off = in this process: faster to start, but the transforms then depend
+            on this process's ITK thread count, so results may differ from the isolated ones).
     """
 
     transform: str = "SyNRA"
@@ -119,7 +124,14 @@ class PropagationConfig:
 
 @dataclass
 class ViewPropagation:
-    """One view's pseudo-label and each voxel's distance (slices) to its nearest seed slice."""
+    """One view's pseudo-label and each voxel's distance (slices) to its nearest seed slice.
+
+    Attributes:
+        axis: the view's name: ``axial``, ``coronal`` or ``sagittal``.
+        label: uint8 0/1 on the full grid, annotated voxels pasted in.
+        distance: int16 on the full grid: ``|slice - nearest annotated slice|`` along the
+            view's axis.
+    """
 
     axis: str            # the view's propagation axis: 'axial', 'coronal' or 'sagittal'
     label: np.ndarray    # uint8 0/1, full grid, annotated voxels pasted in
@@ -128,7 +140,13 @@ class ViewPropagation:
 
 @dataclass
 class PropagationResult:
-    """Per-view pseudo-labels, the fused 3D estimate and run statistics."""
+    """Per-view pseudo-labels, the fused 3D estimate and run statistics.
+
+    Attributes:
+        views: view name -> :class:`ViewPropagation`.
+        fused: uint8 0/1, majority of the views, annotated voxels exact.
+        stats: timings, registration counts and cache use, for reports.
+    """
 
     views: dict[str, ViewPropagation]
     fused: np.ndarray                      # uint8 0/1, majority of the views, annotated voxels exact

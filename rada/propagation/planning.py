@@ -26,7 +26,17 @@ Box = tuple[slice, slice, slice]
 
 @dataclass
 class Chain:
-    """Propagation from one seed slice in one direction: ``steps`` = slices to reach, in order."""
+    """Propagation from one seed slice in one direction.
+
+    Attributes:
+        axis: the array axis.
+        seed: the annotated slice it starts from.
+        steps: the slices to reach, in order.
+        keys: the registration of each step.
+        done: steps already warped.
+        label: the current 2D label (in the crop's plane).
+        dead: the label went empty: every further step is background.
+    """
 
     axis: int
     seed: int
@@ -39,7 +49,13 @@ class Chain:
 
 @dataclass
 class Plan:
-    """Every chain, the registrations they need (by key, first need first) and the reach per view."""
+    """Every chain, the registrations they need and the reach per view.
+
+    Attributes:
+        chains: every chain.
+        tasks: registration key -> task, first need first.
+        ranges: view name -> the slices ``[lo, hi)`` propagation may reach.
+    """
 
     chains: list[Chain]
     tasks: dict[str, RegistrationTask]

@@ -23,8 +23,18 @@ ALLOW_OFF_HINT = "--allow-off writes a guidance-off file instead"
 class EmbedRequest:
     """What to embed and how (the options of ``rada embed``).
 
-    ``inputs`` is one dataset folder (or its ``dataset.json``), or image volumes with one
-    ``annotations`` entry each plus ``organ`` and ``out``.
+    Attributes:
+        inputs: one dataset folder (or its ``dataset.json``), or image volumes.
+        annotations: sparse annotations, one per image (images mode only).
+        organ: the structure's name (images mode; a dataset names its own).
+        prompt: the text prompt (default: built from the organ).
+        out: the embeddings file (default for a dataset: ``<dataset>/guidance_embeddings.npz``).
+        encoder: weights variant in the cache; None: ``DEFAULT_VARIANT``.
+        openai: an OpenAI ``ViT-B-16.pt`` instead of the cache.
+        visual: an Alpha-CLIP visual checkpoint (needs ``openai``).
+        device: ``cpu``, ``auto``, ``cuda`` or ``cuda:N``.
+        batch_size: slices per forward pass.
+        allow_off: without weights, write a guidance-off file instead of failing.
     """
 
     inputs: Sequence[str]

@@ -35,7 +35,16 @@ CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class WeightFile:
-    """One known weights file."""
+    """One known weights file.
+
+    Attributes:
+        name: registry key, e.g. ``openai-vit-b-16``.
+        filename: file name in the cache (and of the official release).
+        urls: download URLs, tried in order.
+        sha256: published hash, None where none is known (recorded on first use).
+        role: ``openai`` (full CLIP, JIT archive) or ``alpha-visual`` (visual-only state dict).
+        description: one line for ``rada weights list``.
+    """
 
     name: str                  # registry key, e.g. "openai-vit-b-16"
     filename: str              # file name in the cache (and of the official release)

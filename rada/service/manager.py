@@ -55,7 +55,12 @@ class QueueFullError(RuntimeError):
 
 @dataclass
 class JobOutput:
-    """What a runner returns: an optional label volume and a JSON-ready report."""
+    """What a runner returns.
+
+    Attributes:
+        label: a label volume to serve as the job's result, or None.
+        report: the JSON-ready report.
+    """
 
     label: Volume | None = None
     report: dict[str, Any] = field(default_factory=dict)
@@ -63,7 +68,18 @@ class JobOutput:
 
 @dataclass
 class JobContext:
-    """Everything a runner gets: its inputs, options, a private folder, progress and cancel."""
+    """Everything a runner gets: its inputs, options, a private folder, progress and cancel.
+
+    Attributes:
+        job_id: the job id.
+        kind: the job kind.
+        options: the job's options.
+        inputs: upload field name -> NRRD file in the job folder.
+        workdir: private to this job, removed with it.
+        progress: ``progress(fraction, stage, message)``.
+        cancel: set when the job is cancelled (see :meth:`check_cancel`).
+        settings: the server's settings.
+    """
 
     job_id: str
     kind: str

@@ -38,7 +38,7 @@ ENV_FIELDS: dict[str, str] = {
 class ServiceSettings:
     """Everything ``rada serve`` and :func:`rada.service.app.create_app` need."""
 
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"                # address to bind; 0.0.0.0 exposes the server
     port: int = 8765                       # 0 = any free port
     token: str | None = None               # None = RADA_TOKEN or a fresh random token
     token_file: Path | None = None         # where a generated token is written (mode 0600)

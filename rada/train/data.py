@@ -29,7 +29,7 @@ from rada.views import VIEWS, View
 class LabeledCase:
     """A labeled case: z-scored image, per-view pseudo-label and distance to its seed slice."""
 
-    id: str
+    id: str                                # the case id in the dataset
     image: np.ndarray                      # float32 [z, y, x]
     labels: dict[str, np.ndarray]          # view -> uint8 0/1
     distance: dict[str, np.ndarray]        # view -> uint16 slices from the seed

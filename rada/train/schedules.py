@@ -30,7 +30,24 @@ def sigmoid_ramp(x: float, length: float) -> float:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Every number of the schedules; defaults are METHOD.md's."""
+    """Every number of the schedules; defaults are METHOD.md's.
+
+    Attributes:
+        iterations: length of the run.
+        base_lr: learning rate before the first milestone.
+        lr_milestones: iterations where the learning rate is multiplied by ``lr_gamma``.
+        lr_gamma: that factor.
+        alpha_start: decay base of the voxel weights before the first refresh.
+        alpha_refresh: alpha is recomputed every this many iterations.
+        alpha_step: ``t // alpha_step`` indexes the cosine.
+        alpha_steps: cosine length, in steps (alpha reaches 0 after it).
+        beta_max: final weight of the cross-view loss.
+        beta_step: ``t // beta_step`` is the position on the beta ramp.
+        beta_steps: length of the beta ramp, in steps.
+        entropy_base: certainty threshold at the start, in units of ``ln 2``.
+        entropy_gain: added to it by the end of the ramp.
+        entropy_ramp: length of the threshold's ramp; None: the run's length.
+    """
 
     iterations: int = 6000
     base_lr: float = 0.01

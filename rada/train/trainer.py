@@ -50,7 +50,31 @@ BEST_NAME = "best.pt"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run (defaults: METHOD.md section 5, LA2018)."""
+    """Everything that defines a training run (defaults: METHOD.md section 5, LA2018).
+
+    Attributes:
+        model: the tri-view networks' architecture.
+        schedule: learning rate, alpha, beta and entropy schedules.
+        patch_size: training patch ``[z, y, x]``.
+        labeled_batch: labeled patches per iteration.
+        unlabeled_batch: unlabeled patches per iteration.
+        teacher_passes: noisy teacher passes T of the certainty estimate.
+        noise_std: standard deviation of the teachers' input noise.
+        noise_clip: that noise is clipped to ``[-noise_clip, noise_clip]``.
+        loss_form: ``sgtc`` (DEFAULT) or ``paper``.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        seed: seeds sampling, augmentation, noise and initialisation.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        bf16: bf16 autocast, on CUDA only.
+        batched_teachers: the T noisy passes as one forward (faster on GPUs; see
+            ``bench/train_step.py``).
+        deterministic: CUDA: deterministic kernels (exact resume on GPU); CPU is always exact.
+        augment: random axial rotations and flips of the patches.
+        checkpoint_every: iterations between checkpoints.
+        validate_every: Dice/HD95 on the validation cases every N iterations (0: never).
+        progress: show a progress bar.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: S.ScheduleConfig = field(default_factory=S.ScheduleConfig)
@@ -141,7 +165,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Guidance:
-    """Frozen-encoder embeddings the model is trained with: text [512], visual[view] [512]."""
+    """Frozen-encoder embeddings the model is trained with.
+
+    Attributes:
+        text: the text embedding ``[512]``.
+        visual: view name -> visual embedding ``[512]``.
+        reason: why the guidance is on (recorded in the checkpoint).
+    """
 
     text: torch.Tensor
     visual: dict[str, torch.Tensor]

@@ -21,7 +21,18 @@ from rada.annotation import SparseAnnotation
 
 @dataclass
 class AppearanceConfig:
-    """Features and forest of the per-case pixel classifier."""
+    """Features and forest of the per-case pixel classifier.
+
+    Attributes:
+        scales_mm: Gaussian scales of the features, in mm; 0 = the raw voxel.
+        trees: trees of the random forest.
+        max_depth: maximum depth of a tree.
+        min_samples_leaf: minimum samples in a leaf.
+        max_samples_per_class: painted voxels drawn per class to train.
+        max_voxels: larger crops are classified on a coarser grid, then interpolated back.
+        threads: the forest's ``n_jobs``.
+        seed: the forest's and the sampling's random seed.
+    """
 
     scales_mm: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)  # Gaussian scales; 0 = the raw voxel
     trees: int = 32

@@ -28,8 +28,23 @@ from rada.annotation import SparseAnnotation
 
 @dataclass
 class FusionConfig:
-    """Weights and smoothing of the evidence fusion (defaults chosen on the development part of
-    ``bench/peers_split.json``: structures and LA validation cases, never the held-out ones)."""
+    """Weights and smoothing of the evidence fusion.
+
+    Defaults chosen on the development part of ``bench/peers_split.json`` (structures and LA
+    validation cases, never the held-out ones).
+
+    Attributes:
+        prior_sigma: smoothing of the averaged shape warps, in voxels.
+        prior_clip: keeps prior log-odds finite: p in ``[clip, 1 - clip]``.
+        prior_weight: weight of the shape prior's log-odds (0.5-1.0 measured on dev).
+        appearance_weight: weight of the per-case classifier's log-odds.
+        appearance_clip: probability clip of the classifier before its log-odds.
+        geodesic_weight: weight of the edge-following geodesic log-odds.
+        intensity_weight: weight of the histogram log-likelihood ratio (the old appearance).
+        histogram_bins: bins of that histogram.
+        logit_sigma: smoothing of the summed log-odds, in voxels (0: thin parts survive).
+        region_margin: how far past the shape evidence the result may reach, in voxels.
+    """
 
     prior_sigma: float = 1.0        # voxels: smoothing of the averaged shape warps
     prior_clip: float = 0.01        # keep prior log-odds finite: p in [clip, 1 - clip]

@@ -31,7 +31,20 @@ Predictor = Callable[[Tensor], Tensor]
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Sliding-window settings. ``stride=None`` uses half the patch (50 % overlap)."""
+    """Sliding-window settings.
+
+    Attributes:
+        patch_size: window ``[z, y, x]``; None: the checkpoint's training patch.
+        stride: step between windows ``[z, y, x]``; None: half the patch (50 % overlap).
+        blending: ``gaussian`` or ``uniform`` window weights.
+        sigma_scale: Gaussian sigma as a fraction of the patch size.
+        batch_size: windows per forward pass.
+        view: ``mean`` (of the three views' softmax) or a view name.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        bf16: bf16 autocast, on CUDA only.
+        threshold: foreground probability above which a voxel is labelled.
+        constrain_to_annotation: annotated voxels keep their painted value.
+    """
 
     patch_size: tuple[int, int, int] | None = None   # None: the checkpoint's training patch
     stride: tuple[int, int, int] | None = None

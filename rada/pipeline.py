@@ -59,7 +59,21 @@ PRESETS: dict[str, dict[str, bool]] = {
 
 @dataclass
 class SegmentConfig:
-    """Options of one Segment call; ``preset`` sets the defaults of the ``None`` fields."""
+    """Options of one Segment call; ``preset`` sets the defaults of the ``None`` fields.
+
+    Attributes:
+        preset: ``fast``, ``full`` or ``finetune`` (:data:`PRESETS`).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for the model and the fine-tune.
+        model: a trained checkpoint for this structure, or None.
+        margin: voxels around the painted extent kept for the work.
+        margin_fraction: plus this fraction of the extent (long thin shapes bend out).
+        propagate: ANTs propagation; None = as the preset says.
+        model_weight: weight of the model's log-odds in the fusion.
+        fusion: the evidence fusion's settings.
+        appearance: the per-case classifier's settings.
+        geodesic: the geodesic competition's settings.
+        finetune: a :class:`rada.finetune.FinetuneConfig`; None = the device's profile.
+    """
 
     preset: str = "fast"
     device: str = "auto"
@@ -106,7 +120,15 @@ class SegmentResult:
 
 @dataclass
 class SegmentCache:
-    """Annotation-independent work kept between calls on the same image (refinement)."""
+    """Annotation-independent work kept between calls on the same image (refinement).
+
+    Attributes:
+        image_key: :func:`image_key` of the bound image.
+        model_probability: model probabilities by model, device and box.
+        model_info: the facts reported with each of those probabilities.
+        registrations: a :class:`rada.propagation.RegistrationCache`, created on first use.
+        finetune: a :class:`rada.finetune.FinetuneMemory` (fine-tuned weights), on first use.
+    """
 
     image_key: str | None = None
     model_probability: dict[str, np.ndarray] = field(default_factory=dict)  # by model, device and box

@@ -16,8 +16,8 @@ try:
 except ImportError:  # pragma: no cover - torch is a hard dependency, kept import-safe for clarity
     pass
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("RADA_SHARED_DATA", REPO.parent / "shared" / "data"))
+from repo_paths import REPO, SHARED_DATA  # noqa: E402  (Testing/helpers is on pytest's pythonpath)
+
 LA_DIR = SHARED_DATA / "la2018"
 CT_DIR = SHARED_DATA / "ct_abdomen_liver"
 

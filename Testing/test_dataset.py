@@ -14,8 +14,9 @@ from rada.dataset import (CaseEntry, DatasetSpec, SplitFile, build_la2018, load_
                           write_dataset, zscore)
 from rada.errors import InputError
 from rada.io import read_volume
+from repo_paths import REPO
 
-SPLIT = Path(__file__).resolve().parents[1] / "bench" / "la2018_split.json"
+SPLIT = REPO / "bench" / "la2018_split.json"
 
 
 def test_fixed_la2018_split(la_case_ids):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from repo_paths import REPO
 from input_helpers import CaseFiles, write_la_crop
 from rada.annotation import IGNORE, SparseAnnotation, as_annotation
 from rada.cli import main
@@ -387,6 +388,6 @@ def test_building_the_cli_does_not_load_torch():
 
     code = "import sys; from rada.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1], timeout=120)
+                            cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"

@@ -1,7 +1,7 @@
 """Self-test bodies: plain functions taking a MRML scene.
 
 The module's ``ScriptedLoadableModuleTest`` (inside Slicer) and pytest (on ``slicer-core``,
-Testing/test_slicer_segmentation.py) both call these, so the same checks run in both places.
+Testing/slicer/test_slicer_segmentation.py) both call these, so the same checks run in both places.
 Each function builds what it needs in the given scene and raises ``AssertionError`` on failure.
 """
 

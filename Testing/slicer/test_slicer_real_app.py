@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from repo_paths import REPO  # noqa: E402
 MODULES = ("RADASegmentation", "RADATrainer")
 API = json.loads((REPO / "Testing" / "data" / "slicer_widget_api.json").read_text(encoding="utf-8"))
 
@@ -155,7 +155,7 @@ def test_oldest_supported_slicer_is_declared_and_its_python_checked_in_ci():
     assert lowest <= dependencies.MINIMUM_SLICER_PYTHON, spec
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     py = "{}.{}".format(*dependencies.MINIMUM_SLICER_PYTHON)
-    assert f"python{py}" in ci and "Testing/test_service.py" in ci.split(f"python{py}", 1)[1]
+    assert f"python{py}" in ci and "Testing/service/test_service.py" in ci.split(f"python{py}", 1)[1]
 
 
 # --- 3 and the API list: every widget call exists in that Slicer ---------------------------
@@ -309,7 +309,6 @@ def test_local_server_stops_by_itself_when_its_parent_dies(tmp_path):
 
 def test_server_calls_run_network_work_off_the_calling_thread():
     _require_server_packages()
-    sys.path.insert(0, str(REPO / "Testing"))
     sys.path.insert(0, str(REPO / "RADASegmentation"))
     from service_helpers import TOKEN, start_test_server
 

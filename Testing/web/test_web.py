@@ -27,7 +27,7 @@ from rada.io import read_segmentation, read_volume  # noqa: E402
 from rada.metrics import dice  # noqa: E402
 from rada.web.app import BRUSH_MM  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from repo_paths import REPO  # noqa: E402
 ARTIFACTS = REPO / "bench" / "out" / "web_e2e"
 
 

@@ -23,7 +23,7 @@ from rada.service.client import LocalServer  # noqa: E402
 from rada.train.checkpoint import load_checkpoint  # noqa: E402
 from rada.volume import Volume  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from repo_paths import REPO  # noqa: E402
 STEP = (2, 3, 3)  # [z, y, x] downscale after the crop
 TINY = {"model": {"backbone": {"width": 4}}, "patch_size": [16, 16, 16]}
 

@@ -98,7 +98,7 @@ def test_propagate_writes_pseudo_labels_and_the_fused_estimate(tmp_path, capsys)
     fused = read_volume(tmp_path / "fused.nrrd")
     assert fused.same_grid(image)
     # A coarse 14x32x32 phantom: the 5x5 opening costs detail, so only a loose bound here
-    # (real-data accuracy is covered by Testing/test_propagation.py and bench/propagation.py).
+    # (real-data accuracy is covered by Testing/propagation/test_propagation.py and bench/propagation.py).
     assert dice(fused.array, truth.array) > 0.6
     sparse = read_volume(tmp_path / "sparse.nrrd").array
     known = sparse != 255

@@ -11,7 +11,7 @@ from rada.errors import InputError
 from rada.infer import (InferenceConfig, importance_map, load_model, model_predictor, predict, predict_probability,
                         sliding_window, window_starts)
 from rada.nets import ModelConfig, TriViewModel
-from rada.train.checkpoint import save_checkpoint
+from rada.checkpoint import save_checkpoint
 from rada.views import VIEWS
 from rada.volume import Volume
 

@@ -139,7 +139,7 @@ def test_a_trained_checkpoint_joins_the_fusion_and_is_cached_for_refinement(tmp_
 
     from rada.nets.triview import ModelConfig, TriViewModel
     from rada.phantom import PhantomConfig
-    from rada.train.checkpoint import save_checkpoint
+    from rada.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = TriViewModel(ModelConfig.make(width=4, guidance=False))

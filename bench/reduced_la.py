@@ -137,7 +137,7 @@ def train_reduced(dataset: Path, run: Path, args: argparse.Namespace) -> object:
 
 def write_results(run: Path, base: dict, args: argparse.Namespace, elapsed_min: float) -> Path:
     """Append/replace the reduced-LA section of bench/RESULTS.md; copy the curve and small checkpoint."""
-    from rada.train.checkpoint import load_checkpoint
+    from rada.checkpoint import load_checkpoint
     from rada.train.run_log import plot_log, read_log
 
     state = load_checkpoint(run / "checkpoint.pt")

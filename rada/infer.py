@@ -23,7 +23,7 @@ from rada.intensity import zscore
 from rada.nets.triview import ModelConfig, TriViewModel
 from rada.patches import centred_padding, check_patch_size
 from rada.protocol import to_input_grid, to_model_grid
-from rada.train.checkpoint import load_checkpoint
+from rada.checkpoint import load_checkpoint
 from rada.volume import Volume
 
 Predictor = Callable[[Tensor], Tensor]

@@ -25,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from rada.annotation import IGNORE, SparseAnnotation
+from rada.config import load_config
 from rada.errors import InputError
 from rada.volume import Volume
 
@@ -75,8 +76,6 @@ class Protocol:
             InputError: an unknown field, a wrong type, ``hu_window`` not low < high, a spacing not
                 positive, or a negative ``organ_margin``.
         """
-        from rada.train.config import load_config
-
         protocol = load_config(cls, dict(raw or {}), where="preprocessing.")
         if protocol.hu_window is not None and not protocol.hu_window[0] < protocol.hu_window[1]:
             raise InputError(f"preprocessing.hu_window must be [low, high] with low < high, got {protocol.hu_window}")

@@ -93,7 +93,7 @@ def test_refinement_reuses_the_model_output_of_the_same_image(tmp_path):
 
     from rada.annotation import SparseAnnotation
     from rada.nets.triview import ModelConfig, TriViewModel
-    from rada.train.checkpoint import save_checkpoint
+    from rada.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = TriViewModel(ModelConfig.make(width=4, guidance=False))

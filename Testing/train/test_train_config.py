@@ -13,7 +13,7 @@ import torch
 from rada.errors import InputError
 from rada.nets import ModelConfig
 from rada.train import ScheduleConfig, TrainConfig, TrainingData, load_checkpoint, train
-from rada.train.config import config_to_dict, load_config
+from rada.config import config_to_dict, load_config
 from rada.train.guidance_choice import choose_guidance, with_guidance
 from rada.train.run_log import read_log
 from rada.train.validation import ValidationCase, validate

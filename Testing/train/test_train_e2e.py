@@ -20,7 +20,7 @@ from rada.dataset import CaseEntry, DatasetSpec, write_dataset  # noqa: E402
 from rada.errors import InputError  # noqa: E402
 from rada.io import read_volume, write_volume  # noqa: E402
 from rada.service.client import LocalServer  # noqa: E402
-from rada.train.checkpoint import load_checkpoint  # noqa: E402
+from rada.checkpoint import load_checkpoint  # noqa: E402
 from rada.volume import Volume  # noqa: E402
 
 from repo_paths import REPO  # noqa: E402

@@ -62,13 +62,13 @@ def run_train(args: argparse.Namespace) -> int:
     """
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.train import TrainConfig, train_dataset
-    from rada.train.config import read_config_file, with_overrides
+    from rada.config import read_config_file
 
     cfg = read_config_file(TrainConfig, args.config) if args.config else TrainConfig()
-    cfg = with_overrides(cfg, iterations=args.iterations, width=args.width, patch_size=args.patch,
-                         loss_form=args.loss_form, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                         device=args.device, validate_every=args.validate_every,
-                         bf16=cfg.bf16 and not args.no_bf16, progress=not args.quiet)
+    cfg = cfg.with_overrides(iterations=args.iterations, width=args.width, patch_size=args.patch,
+                             loss_form=args.loss_form, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                             device=args.device, validate_every=args.validate_every,
+                             bf16=cfg.bf16 and not args.no_bf16, progress=not args.quiet)
 
     def progress(message: str) -> None:
         if not args.quiet:

@@ -216,11 +216,10 @@ def train_config_from_options(options: Mapping[str, Any], settings: ServiceSetti
         InputError: one line for a bad key, type or value.
     """
     from rada.train import TrainConfig  # lazy: torch, loaded by the first train job only
-    from rada.train.config import with_overrides  # lazy: importing rada.train loads torch
 
     config = TrainConfig.from_dict(options.get("config") or {}, TrainConfig(device=settings.device))
-    return with_overrides(config, iterations=options.get("iterations"), progress=False,
-                          **{k: options.get(k) for k in ("device", "seed", "checkpoint_every", "validate_every")})
+    return config.with_overrides(iterations=options.get("iterations"), progress=False,
+                                 **{k: options.get(k) for k in ("device", "seed", "checkpoint_every", "validate_every")})
 
 
 def run_train_job(ctx: JobContext) -> JobOutput:

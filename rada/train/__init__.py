@@ -1,6 +1,6 @@
 """Barely-supervised tri-view co-training: losses, schedules, sampling, trainer, checkpoints."""
 
-from rada.train.checkpoint import load_checkpoint, save_checkpoint
+from rada.checkpoint import load_checkpoint, save_checkpoint
 from rada.train.data import TrainingData, LabeledCase, load_training_data, sample_batch
 from rada.train.schedules import ScheduleConfig
 from rada.train.trainer import Guidance, TrainConfig, Trainer, TrainResult, train

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from rada.dataset import DatasetSpec, read_dataset
 from rada.errors import InputError
-from rada.train.checkpoint import load_checkpoint
+from rada.checkpoint import load_checkpoint
 from rada.train.data import load_training_data
 from rada.device import select_device
 from rada.train.distributed import barrier, init_distributed

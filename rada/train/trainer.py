@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -30,13 +30,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from rada import checkpoint as checkpoints
+from rada.config import load_config
 from rada.device import select_device
 from rada.errors import InputError
 from rada.nets.triview import ModelConfig, TriViewModel
 from rada.patches import check_patch_size
-from rada.train import checkpoint as checkpoints
 from rada.train import schedules as S
-from rada.train.config import load_config
 from rada.train.cotraining import certainty_mask, teacher_mean_probability, view_losses
 from rada.train.data import Batch, TrainingData, sample_batch
 from rada.train.distributed import DistInfo, all_gather_objects, barrier, init_distributed
@@ -120,6 +120,27 @@ class TrainConfig:
             InputError: an unknown key or a value of the wrong type.
         """
         return load_config(cls, d, base)
+
+    def with_overrides(self, iterations: int | None = None, width: int | None = None,
+                       **fields: Any) -> "TrainConfig":
+        """This config with run-time overrides on top (``rada train`` flags, a train job's options).
+
+        Args:
+            iterations: ``schedule.iterations``; None keeps this config's.
+            width: ``model.backbone.width``; None keeps this config's.
+            fields: top-level ``TrainConfig`` fields; None values keep this config's.
+
+        Returns:
+            The new config, validated.
+
+        Raises:
+            InputError: one line for a setting no run can use.
+        """
+        schedule = self.schedule if iterations is None else replace(self.schedule, iterations=iterations)
+        backbone = self.model.backbone if width is None else replace(self.model.backbone, width=width)
+        model = replace(self.model, backbone=backbone)
+        given = {k: v for k, v in fields.items() if v is not None}
+        return replace(self, model=model, schedule=schedule, **given).validate()
 
     def validate(self) -> "TrainConfig":
         """Check every setting; cheap, so every entry point calls it before reading data,

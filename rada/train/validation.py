@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from rada.infer import InferenceConfig, predict_probability
+from rada.metrics import evaluate
 from rada.nets.triview import TriViewModel
 
 
@@ -74,8 +76,6 @@ def validate(model: TriViewModel, cases: Sequence[ValidationCase], patch: Sequen
     Returns:
         :class:`ValidationScores`.
     """
-    from rada.infer import InferenceConfig, predict_probability
-    from rada.metrics import evaluate
 
     if not cases:
         raise ValueError("validation needs at least one case")

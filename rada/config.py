@@ -1,5 +1,8 @@
 """Nested configuration dataclasses from JSON: one recursive, validated loader.
 
+Used by every config object that users write as JSON (training, preprocessing protocol);
+it imports nothing heavy, so torch-free code can load configs too.
+
 ``load_config(TrainConfig, {"schedule": {"iterations": 300}})`` merges a *partial* nested
 mapping over a base instance (the defaults when none is given): every key must name a
 field, every value must have the field's type (tuples from JSON lists, floats from ints,
@@ -15,12 +18,9 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, TypeVar
+from typing import Any, Mapping, TypeVar
 
 from rada.errors import InputError
-
-if TYPE_CHECKING:  # annotations only: rada.train.trainer imports torch
-    from rada.train.trainer import TrainConfig
 
 T = TypeVar("T")
 
@@ -134,27 +134,4 @@ def read_config_file(cls: type[T], path: str | os.PathLike, base: T | None = Non
     return load_config(cls, raw, base)
 
 
-def with_overrides(config: "TrainConfig", iterations: int | None = None, width: int | None = None,
-                   **fields: Any) -> "TrainConfig":
-    """A training config with run-time overrides on top (``rada train`` flags, a train job's options).
-
-    Args:
-        config: the config to start from (defaults, merged with a config file).
-        iterations: ``schedule.iterations``; None keeps the config's.
-        width: ``model.backbone.width``; None keeps the config's.
-        fields: top-level ``TrainConfig`` fields; None values keep the config's.
-
-    Returns:
-        The new config, validated.
-
-    Raises:
-        InputError: one line for a setting no run can use.
-    """
-    schedule = config.schedule if iterations is None else dataclasses.replace(config.schedule, iterations=iterations)
-    backbone = config.model.backbone if width is None else dataclasses.replace(config.model.backbone, width=width)
-    model = dataclasses.replace(config.model, backbone=backbone)
-    given = {k: v for k, v in fields.items() if v is not None}
-    return dataclasses.replace(config, model=model, schedule=schedule, **given).validate()
-
-
-__all__ = ["load_config", "config_to_dict", "read_config_file", "with_overrides"]
+__all__ = ["load_config", "config_to_dict", "read_config_file"]

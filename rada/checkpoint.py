@@ -14,7 +14,9 @@ from typing import Any, Mapping
 
 import torch
 
+from rada import __version__
 from rada.errors import InputError
+from rada.safe_write import atomic_path
 
 FORMAT = "rada-checkpoint"
 FORMAT_VERSION = 1
@@ -44,8 +46,6 @@ def versions() -> dict[str, str]:
     Returns:
         ``{"rada": ..., "torch": ..., "python": ...}``.
     """
-    from rada import __version__
-
     return {"rada": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
@@ -60,8 +60,6 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    from rada.safe_write import atomic_path
-
     views = {k: {n: t.detach().cpu() for n, t in sd.items()} for k, sd in state["views"].items()}
     full = {**state, "views": views, "format": FORMAT, "format_version": FORMAT_VERSION,
             "versions": versions(), "content_hash": content_hash(views)}

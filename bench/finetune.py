@@ -1,108 +1,136 @@
-"""The ``finetune`` preset beside ``fast`` on LA validation cases (k = 1 painted slice per axis).
+"""How the ``finetune`` preset should use its networks: fused with the fast evidence, at which
+weight, or alone -- beside ``fast``, on the cases and painting protocol of ``bench/peers.py``.
 
-Per case, side by side: Dice, seconds and peak RSS of ``fast``; of ``finetune`` with its
-probability fused with the fast evidence (``combine=fuse``) and used alone (``alone``, the
-same fine-tuned probability, so only the fuse step differs); of the ANTs pseudo-label the
-fine-tune learned from; and the fine-tune's stage times. Each case runs in a fresh process
-so peak RSS is per case. Cases: the fixed validation split (bench/la2018_split.json), never
-tuned on.
+Per case (k painted slices per axis, ``protocol_slices``), side by side: Dice and seconds of
+``fast``; the fine-tune run once (its seconds, stage times and peak resident memory), then
+the same fine-tuned probability fused with the fast evidence at each ``--weights`` value
+(``combine=fuse``, ``probability_weight``) and used alone (``combine=alone``) -- only the
+cheap fusion step is repeated, the fine-tune comes from the per-image memory -- and the ANTs
+pseudo-label the networks learned from. Each case runs in a fresh process (peak memory per
+case). Means per group (dev / held-out, fixed in ``bench/peers_split.json`` before any
+tuning): choose on the dev groups, read the held-out ones.
 
-    nice -n 10 python bench/finetune.py [--cases 3] [--profile cpu|gpu] [--model CKPT]
+    nice -n 10 python bench/finetune.py [--groups LA,struct-dev] [--cases SUBSTR,...] [--k 1]
+                                        [--weights 0.1,0.25,0.5,1] [--profile cpu|gpu] [--model CKPT]
+                                        [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's rada, not an installed one
-DATA = ROOT.parent / "shared" / "data" / "la2018"
+sys.path.insert(0, str(ROOT / "bench"))
+from peers import _peak_rss_mb, list_cases  # noqa: E402  (same protocol and groups as peers.py)
 
 
-def _peak_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def run_case(case: str, profile: str, model: str | None, threads: int | None) -> dict:
+def run_case(case: dict[str, str], k: int, weights: list[float], profile: str, model: str | None) -> dict:
     """Everything for one case, in this process."""
     import numpy as np
 
-    from rada.annotation import SparseAnnotation
+    from rada.annotation import SparseAnnotation, protocol_slices
     from rada.finetune import FinetuneConfig
     from rada.io import read_volume
     from rada.metrics import dice
     from rada.pipeline import SegmentCache, SegmentConfig, segment_case
 
-    image = read_volume(DATA / case / "image.nii.gz")
-    truth = read_volume(DATA / case / "label.nii.gz").array > 0
-    annotation = SparseAnnotation.from_dense(read_volume(DATA / case / "label.nii.gz"))
-    row: dict = {"case": case}
+    image, label = read_volume(case["image"]), read_volume(case["label"])
+    truth = label.array > 0
+    annotation = SparseAnnotation.from_dense(label, protocol_slices(truth, k))
+    row: dict = {"case": case["name"], "group": case["group"], "k": k}
     t = time.perf_counter()
     fast = segment_case(image, annotation, SegmentConfig(preset="fast"))
-    row["fast"] = {"dice": dice(fast.label.array > 0, truth), "s": time.perf_counter() - t, "rss_mb": _peak_mb()}
-    ft_cfg = FinetuneConfig.cpu(threads=threads) if profile == "cpu" else FinetuneConfig.gpu()
+    row["fast"] = {"dice": round(dice(fast.label.array > 0, truth), 4), "s": round(time.perf_counter() - t, 2)}
+    ft_cfg = FinetuneConfig.cpu() if profile == "cpu" else FinetuneConfig.gpu()
     cache = SegmentCache()
-    t = time.perf_counter()
-    fused = segment_case(image, annotation, SegmentConfig(preset="finetune", finetune=ft_cfg, model=model),
-                         cache=cache)
-    row["finetune"] = {"dice": dice(fused.label.array > 0, truth), "s": time.perf_counter() - t,
-                       "rss_mb": _peak_mb(), "stages": fused.report["finetune"]["timings_s"],
-                       "device": fused.report["finetune"]["device"]}
-    t = time.perf_counter()
-    alone = segment_case(image, annotation, SegmentConfig(preset="finetune", finetune=FinetuneConfig(
-        **{**ft_cfg.__dict__, "combine": "alone"}), model=model), cache=cache)
-    assert alone.report["finetune"]["started_from"] == "cached result"
-    row["alone"] = {"dice": dice(alone.label.array > 0, truth), "s": row["finetune"]["s"], "rss_mb": _peak_mb()}
-    box = tuple(slice(a, b) for a, b in fused.report["finetune"]["box_zyx"])
+    for i, w in enumerate(weights):
+        t = time.perf_counter()
+        out = segment_case(image, annotation, SegmentConfig(preset="finetune", model=model,
+                                                            finetune=replace(ft_cfg, probability_weight=w)),
+                           cache=cache)
+        entry = {"dice": round(dice(out.label.array > 0, truth), 4), "s": round(time.perf_counter() - t, 2)}
+        if i == 0:  # the run that fine-tuned; later weights reuse its probability
+            entry |= {"mb": _peak_rss_mb(), "stages": out.report["finetune"]["timings_s"],
+                      "device": out.report["finetune"]["device"]}
+            box = tuple(slice(a, b) for a, b in out.report["finetune"]["box_zyx"])
+        else:
+            assert out.report["finetune"]["started_from"] == "cached result"
+        row[f"fuse {w:g}"] = entry
+    alone = segment_case(image, annotation, SegmentConfig(preset="finetune", model=model,
+                                                          finetune=replace(ft_cfg, combine="alone")), cache=cache)
+    row["alone"] = {"dice": round(dice(alone.label.array > 0, truth), 4)}
     pseudo = np.zeros_like(truth)
     pseudo[box] = cache.finetune.pseudo_label > 0
-    row["pseudo"] = {"dice": dice(pseudo, truth)}
+    row["pseudo"] = {"dice": round(dice(pseudo, truth), 4)}
     return row
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=3)
+    ap.add_argument("--groups", default="LA,struct-dev", help="comma-separated substrings of groups")
+    ap.add_argument("--cases", default="", help="comma-separated substrings of case names")
+    ap.add_argument("--k", type=int, default=1, help="painted slices per axis")
+    ap.add_argument("--weights", default="0.1,0.25,0.5,1", help="probability_weight values of combine=fuse")
     ap.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--model", default=None, help="trained checkpoint to start the fine-tune from")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads of the fine-tune (CPU profile)")
+    ap.add_argument("--json", default=None, help="write the rows here")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one case, JSON on stdout
     args = ap.parse_args()
+    weights = [float(w) for w in args.weights.split(",")]
+    cases = list_cases()
     if args.one:
-        print(json.dumps(run_case(args.one, args.profile, args.model, args.threads)))
+        case = next(c for c in cases if c["name"] == args.one)
+        print(json.dumps(run_case(case, args.k, weights, args.profile, args.model)))
         return 0
-    cases = json.loads((ROOT / "bench" / "la2018_split.json").read_text(encoding="utf-8"))["val"][:args.cases]
+    cases = [c for c in cases if any(s in c["group"] for s in args.groups.split(","))
+             and (not args.cases or any(s in c["name"] for s in args.cases.split(",")))]
+    methods = ["fast"] + [f"fuse {w:g}" for w in weights] + ["alone", "pseudo"]
+    print(f"{'case':<34} " + "".join(f"| {m:>9} " for m in methods) + "| finetune s, MiB")
     rows = []
     for case in cases:
-        cmd = [sys.executable, __file__, "--one", case, "--profile", args.profile]
-        if args.model:
-            cmd += ["--model", args.model]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        r = rows[-1]
-        print(f"{case[:8]}  fast {r['fast']['dice']:.4f} {r['fast']['s']:5.1f}s | finetune(fuse) "
-              f"{r['finetune']['dice']:.4f} {r['finetune']['s']:5.1f}s {r['finetune']['rss_mb']:.0f}MB | alone "
-              f"{r['alone']['dice']:.4f} | ANTs pseudo {r['pseudo']['dice']:.4f} | stages {r['finetune']['stages']}",
-              flush=True)
-    print("\n| method | mean Dice | min (Dice - fast) | s/case | peak RSS MB |")
-    print("|---|---|---|---|---|")
-    for m in ("fast", "finetune", "alone", "pseudo"):
-        d = [r[m]["dice"] for r in rows]
-        gap = min(r[m]["dice"] - r["fast"]["dice"] for r in rows)
-        s = [r[m].get("s", float("nan")) for r in rows]
-        rss = max(r[m].get("rss_mb", float("nan")) for r in rows)
-        name = {"finetune": "finetune (fused)", "alone": "finetune (alone)", "pseudo": "ANTs pseudo-label"}.get(m, m)
-        print(f"| {name} | {sum(d) / len(d):.4f} | {gap:+.4f} | {sum(s) / len(s):.1f} | {rss:.0f} |")
+        cmd = [sys.executable, __file__, "--one", case["name"], "--k", str(args.k), "--weights", args.weights,
+               "--profile", args.profile] + (["--model", args.model] if args.model else [])
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{case['name']:<34} failed: {out.stderr.strip().splitlines()[-1:]}", flush=True)
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(r)
+        first = r[methods[1]]
+        print(f"{r['case'][:34]:<34} " + "".join(f"| {r[m]['dice']:9.4f} " for m in methods)
+              + f"| {first['s']:6.1f} {first['mb']:6.0f} {first['stages']}", flush=True)
+    print(f"\nmean Dice per group, k={args.k}; 'vs fast': mean and worst case of (Dice - fast)")
+    print(f"{'group':<16} {'n':>3} " + "".join(f"| {m:^22} " for m in methods))
+    groups = sorted({r["group"] for r in rows})
+    for g in groups + ["all"]:
+        sel = [r for r in rows if g in ("all", r["group"])]
+        if not sel:
+            continue
+        cells = []
+        for m in methods:
+            d = [r[m]["dice"] for r in sel]
+            diff = [r[m]["dice"] - r["fast"]["dice"] for r in sel]
+            cells.append(f"| {sum(d) / len(d):.4f} {sum(diff) / len(diff):+.4f} {min(diff):+.3f} ")
+        print(f"{g:<16} {len(sel):>3} " + "".join(cells))
+    s = [r[methods[1]]["s"] for r in rows]
+    print(f"\nfine-tune seconds per case: mean {sum(s) / len(s):.1f}, max {max(s):.1f}; "
+          f"peak MiB max {max(r[methods[1]]['mb'] for r in rows):.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1), encoding="utf-8")
     return 0
 
 
 if __name__ == "__main__":
+    # One torch/OpenMP thread per process (inherited by the per-case processes), as in
+    # bench/peers.py: tiny 3D convolutions on two contended threads run ~10x slower.
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     raise SystemExit(main())

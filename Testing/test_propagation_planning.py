@@ -355,3 +355,75 @@ def test_distance_is_measured_along_the_view_axis_only(axis):
     for i in range(ann.shape[axis]):
         sl = take_slice(d, axis, i)
         assert (sl == min(abs(i - s) for s in seeds)).all(), (name, i)
+
+
+def test_progress_counts_the_registrations_and_ends_at_one():
+    image, ann = _noise_case()
+    calls: list[tuple[float, str]] = []
+    result = propagate(image, ann, KEYS, progress=lambda f, m: calls.append((f, m)))
+    planned = result.stats["registrations_planned"]
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and calls[-1] == (1.0, "propagation done")
+    # one report per registration, each the share of the planned pairs done so far
+    assert fractions[1:-1] == [k / planned for k in range(1, planned + 1)]
+    assert all(m == "registering neighbouring slices" for _, m in calls[:-1])
+    st = result.stats
+    assert (st["transform"], st["preset"], st["workers"]) == ("SyNRA", "full", 1)
+    assert st["registrations_skipped"] == 0 and st["seconds"] >= 0
+    cached = RegistrationCache()
+    propagate(image, ann, KEYS, cache=cached)
+    again: list[float] = []
+    propagate(image, ann, KEYS, cache=cached, progress=lambda f, m: again.append(f))
+    assert again == [1.0, 1.0]  # everything cached: done from the start
+
+
+def test_a_painted_empty_slice_plans_no_registration_for_its_chains():
+    # Axial seeds 7 (the structure) and 12 (painted empty): 7 reaches 8, 9 and 6..0; the
+    # chains of 12 are empty from the start, so 10, 11 and 13 need no registration.
+    image, ann = _noise_case()
+    arr = ann.array.copy()
+    arr[12] = np.where(arr[12] == IGNORE, 0, arr[12])
+    ann2 = SparseAnnotation(Volume(arr))
+    assert ann2.annotated_slices(0) == [7, 12]
+    st = propagate(image, ann2, KEYS).stats
+    assert st["registrations_planned"] == st["registrations_run"] == 9 + 5 + 5
+    assert st["registrations_skipped"] == 0
+
+
+def _vanishing_case() -> tuple[Volume, SparseAnnotation]:
+    image = Volume(np.random.default_rng(3).integers(0, 100, size=(12, 6, 6)).astype(np.float32))
+    thin = np.zeros((6, 6), bool)
+    thin[2, 1:5] = True
+    side = np.zeros((12, 6), bool)
+    side[1, 1:5] = True
+    return image, _paint((12, 6, 6), {1: thin}, {2: side}, {2: side})
+
+
+def test_a_chain_that_vanishes_skips_the_rest_of_its_registrations():
+    image, ann = _vanishing_case()
+    st = propagate(image, ann, replace(KEYS, kernel=3)).stats
+    # every chain empties at its first step (a line one pixel thick under a 3x3 opening):
+    # 6 first steps run; axial 3..11 (9), coronal and sagittal 4, 5 and 0 (3 each) are skipped
+    assert (st["registrations_planned"], st["registrations_run"], st["registrations_skipped"]) == (21, 6, 15)
+
+
+@pytest.mark.parametrize("case", ["two seeds", "noise", "vanishing"])
+def test_several_workers_give_the_single_worker_result(case):
+    # workers=2 takes the scheduling path that submits every pair up front (nearest steps
+    # first); in this process each registration finishes on submission, so nothing is left
+    # to cancel and every planned pair runs once.
+    image, ann = {"two seeds": _two_seed_case, "noise": _noise_case, "vanishing": _vanishing_case}[case]()
+    cfg = replace(KEYS, kernel=3)
+    one = propagate(image, ann, cfg)
+    calls: list[float] = []
+    two = propagate(image, ann, replace(cfg, workers=2), progress=lambda f, m: calls.append(f))
+    for name in VIEWS:
+        np.testing.assert_array_equal(two.views[name].label, one.views[name].label, err_msg=name)
+        np.testing.assert_array_equal(two.views[name].distance, one.views[name].distance)
+        assert two.views[name].axis == name
+    np.testing.assert_array_equal(two.fused, one.fused)
+    st = two.stats
+    assert st["workers"] == 2 and one.stats["workers"] == 1
+    assert st["registrations_planned"] == one.stats["registrations_planned"] == st["registrations_run"]
+    assert st["registrations_skipped"] == 0 and st["identity_transforms"] == st["registrations_run"]
+    assert calls[-1] == 1.0 and calls == sorted(calls)

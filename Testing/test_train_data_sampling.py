@@ -72,6 +72,12 @@ def test_the_labeled_stream_draws_distinct_cases_when_there_are_enough():
         assert which[0] != which[1], t  # without replacement
         counts[which] += 1
     assert (counts > 20).all()
+    exact = TrainingData([_case("a"), _case("b", offset=1000.0)], [np.full((6, 8, 8), 5000.0 + i, np.float32)
+                                                                  for i in range(2)])
+    for t in range(30):  # as many cases as the batch: each case once, in both streams
+        b = sample_batch(exact, t, 0.5, (4, 8, 8), labeled_batch=2, unlabeled_batch=2, augment=False)
+        assert sorted(b.image[:2, 0].min(axis=(1, 2, 3)) // 1000) == [0, 1], t
+        assert sorted(np.unique(b.image[2:]).tolist()) == [5000.0, 5001.0], t
     one = TrainingData([_case("a")], [])
     b = sample_batch(one, 0, 0.5, (4, 8, 8), labeled_batch=3, unlabeled_batch=0)
     assert b.image.shape[0] == 3 and b.n_labeled == 3  # one case, drawn with replacement
@@ -127,6 +133,7 @@ def test_each_iteration_rank_and_seed_has_its_own_draw():
     data = TrainingData([_case("a", shape=(12, 12, 12))], [np.random.default_rng(0).random((12, 12, 12))])
     base = sample_batch(data, 3, 0.5, (4, 4, 4), seed=0, rank=0).image
     np.testing.assert_array_equal(base, sample_batch(data, 3, 0.5, (4, 4, 4), seed=0, rank=0).image)
+    np.testing.assert_array_equal(base, sample_batch(data, 3, 0.5, (4, 4, 4)).image)  # defaults: seed 0, rank 0
     for other in ({"seed": 1}, {"rank": 1}):
         assert not np.array_equal(base, sample_batch(data, 3, 0.5, (4, 4, 4), **other).image), other
     draws = {tuple(iteration_rng(s, r, t).integers(0, 2**31, 3)) for s in (0, 1) for r in (0, 1) for t in (0, 1)}

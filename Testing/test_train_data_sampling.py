@@ -14,16 +14,19 @@ UINT16_MAX = np.iinfo(np.uint16).max
 
 
 def _case(name: str, shape=(6, 8, 8), offset: float = 0.0) -> LabeledCase:
-    """Image = voxel index + offset (every voxel unique); distance 2 everywhere, 0 on the
-    annotated middle axial slice; labels = image parity."""
+    """Image = voxel index + offset (every voxel unique); view j (sagittal, coronal, axial)
+    has label ``(index + j) % 3 == 0`` and distance j + 1 everywhere but on the annotated
+    middle axial slice (0), so every view's label and weight can be told apart."""
     image = (np.arange(np.prod(shape), dtype=np.float32).reshape(shape) + offset)
-    labels = {v.name: (image.astype(int) % 2).astype(np.uint8) for v in VIEWS}
-    distance = {v.name: np.full(shape, 2, np.uint16) for v in VIEWS}
     annotated = np.zeros(shape, bool)
     annotated[shape[0] // 2] = True
-    for v in VIEWS:
-        distance[v.name][annotated] = 0
+    labels = {v.name: _view_label(image, j).astype(np.uint8) for j, v in enumerate(VIEWS)}
+    distance = {v.name: np.where(annotated, 0, j + 1).astype(np.uint16) for j, v in enumerate(VIEWS)}
     return LabeledCase(name, image, labels, distance, annotated)
+
+
+def _view_label(image: np.ndarray, j: int) -> np.ndarray:
+    return (image.astype(np.int64) + j) % 3 == 0
 
 
 def test_crop_or_pad_centres_the_padding_and_uses_each_arrays_value():
@@ -37,6 +40,9 @@ def test_crop_or_pad_centres_the_padding_and_uses_each_arrays_value():
     assert (out_a[:, 6:] == -5).all() and (out_b[1:4, 1:6] == 1).all() and (out_b[0] == 9).all()
     (zero_padded,) = crop_or_pad([a], (4, 5, 7), np.random.default_rng(0))  # default pad value 0
     assert (zero_padded[3] == 0).all() and (zero_padded[:3] == a).all()
+    for seed in range(10):  # a padded axis leaves no room for a random shift: the same placement
+        (even,) = crop_or_pad([a], (5, 9, 7), np.random.default_rng(seed), [-1.0])
+        np.testing.assert_array_equal(even[1:4, 2:7], a)  # 3 -> 5: 1 + 1; 5 -> 9: 2 + 2
 
 
 def test_crop_or_pad_draws_every_window_and_the_same_one_for_every_array():
@@ -106,10 +112,11 @@ def test_a_case_smaller_than_the_patch_is_padded_with_zero_weight_outside():
     np.testing.assert_array_equal(img[inside].reshape(3, 6, 6), case.image)
     assert (img[~inside] == case.image.min()).all()       # padded with the case's minimum
     assert (b.image[1, 0][~inside] == 42.0).all()         # the unlabeled image's own minimum
-    for v in VIEWS:
+    for j, v in enumerate(VIEWS):
         w, lab = b.weights[v.name][0], b.labels[v.name][0]
         assert (w[~inside] == 0).all() and (lab[~inside] == 0).all()  # no supervision on padding
-        np.testing.assert_array_equal(w[inside].reshape(3, 6, 6), np.where(case.annotated, 1.0, 0.25))
+        np.testing.assert_array_equal(w[inside].reshape(3, 6, 6), np.where(case.annotated, 1.0, 0.5 ** (j + 1)))
+        np.testing.assert_array_equal(lab[inside].reshape(3, 6, 6), case.labels[v.name])
     assert b.image.dtype == np.float32 and b.labels["axial"].dtype == np.int64
     assert b.weights["axial"].dtype == np.float32
 
@@ -123,8 +130,9 @@ def test_augmentation_moves_labels_and_weights_with_the_image_and_views_can_be_c
     assert any(not np.array_equal(m.image[0, 0], case.image) for m in moved)
     for m in moved:
         img = m.image[0, 0]
-        np.testing.assert_array_equal(m.labels["sagittal"][0], img.astype(int) % 2)
-        np.testing.assert_array_equal(m.weights["coronal"][0], np.where((img // 64) == 2, 1.0, 0.25))
+        for j, v in enumerate(VIEWS):  # each view's own label and weights, moved with the image
+            np.testing.assert_array_equal(m.labels[v.name][0], _view_label(img, j))
+            np.testing.assert_array_equal(m.weights[v.name][0], np.where((img // 64) == 2, 1.0, 0.5 ** (j + 1)))
     one = sample_batch(data, 0, 0.5, (4, 8, 8), labeled_batch=1, unlabeled_batch=0, views=VIEWS[2:])
     assert set(one.labels) == set(one.weights) == {VIEWS[2].name}
 

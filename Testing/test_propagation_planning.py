@@ -14,6 +14,7 @@ makes these tests fast enough for mutation testing.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -360,7 +361,10 @@ def test_distance_is_measured_along_the_view_axis_only(axis):
 def test_progress_counts_the_registrations_and_ends_at_one():
     image, ann = _noise_case()
     calls: list[tuple[float, str]] = []
+    t0 = time.perf_counter()
     result = propagate(image, ann, KEYS, progress=lambda f, m: calls.append((f, m)))
+    elapsed = time.perf_counter() - t0
+    assert 0 <= result.stats["seconds"] <= elapsed + 1e-3  # the call's own wall time, rounded to ms
     planned = result.stats["registrations_planned"]
     fractions = [f for f, _ in calls]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and calls[-1] == (1.0, "propagation done")

@@ -149,7 +149,7 @@ def test_each_iteration_rank_and_seed_has_its_own_draw():
 
 
 def test_training_data_needs_a_labeled_case():
-    with pytest.raises(ValueError, match="at least one labeled case"):
+    with pytest.raises(ValueError, match="^training needs at least one labeled case$"):
         TrainingData([], [np.zeros((4, 4, 4), np.float32)])
 
 

@@ -109,7 +109,7 @@ def test_a_shallower_configuration_and_its_divisor():
 
 
 def test_a_decoder_that_does_not_match_the_encoder_is_refused():
-    with pytest.raises(ValueError, match="one stage fewer than the encoder"):
+    with pytest.raises(ValueError, match="^the decoder needs one stage fewer than the encoder$"):
         VNet(VNetConfig(encoder_blocks=(1, 2, 3), decoder_blocks=(1, 1, 1)))
-    with pytest.raises(ValueError, match="one stage fewer than the encoder"):
+    with pytest.raises(ValueError, match="^the decoder needs one stage fewer than the encoder$"):
         VNet(VNetConfig(encoder_blocks=(1, 2, 3), decoder_blocks=(1,)))

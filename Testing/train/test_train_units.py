@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from rada.errors import InputError
 from rada.nets import ModelConfig, ViewNet
 from rada.train import schedules as S
 from rada.train.cotraining import (certainty_mask, frozen_bn_stats, noisy_copies, teacher_mean_probability,
@@ -219,3 +220,16 @@ def test_losses_on_batches_and_the_degenerate_cases_of_view_losses():
     masks = {k: torch.ones(2, 3, 3, 3, dtype=torch.bool) for k in pair}
     out = view_losses(pair, labels, weights, 2, masks, 0.1, "paper")["axial"]
     assert out["total"].item() == pytest.approx(0.9 * out["sup"].item() + 0.1 * out["unsup"].item(), rel=1e-6)
+
+
+def test_voxel_weights_take_any_mask_type_and_decay_zero():
+    d = np.array([[[0, 1, 2, 3]]], np.int16)
+    known = np.array([[[False, False, True, False]]])
+    for mask in (known, known.astype(np.uint8), known.astype(np.int64)):
+        np.testing.assert_array_equal(S.voxel_weights(d, mask, 0.5), [[[1.0, 0.5, 1.0, 0.125]]])
+    # decay 0: only the seed slices (distance 0) and annotated voxels keep a weight
+    np.testing.assert_array_equal(S.voxel_weights(d, known, 0.0), [[[1.0, 0.0, 1.0, 0.0]]])
+    with pytest.raises(InputError, match="shape"):
+        S.voxel_weights(d, known[..., :2], 0.5)
+    with pytest.raises(InputError, match="must be in"):
+        S.voxel_weights(d, known, -0.1)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from rada.annotation import SparseAnnotation
-from rada.nets.triview import VIEWS
 from rada.propagation import PropagationConfig, PropagationResult, ViewPropagation, propagate
 from rada.train.data import cached_pseudo_labels, pseudo_labels_from_propagation
+from rada.views import VIEWS
 from rada.volume import Volume
 
 #: In-process, no opening/closing, no crop: a cheap propagation with a known answer.

@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from rada.errors import InputError
 from rada.nets.vnet import ConvStage, Down, Up, VNet, VNetConfig
+from rada.patches import check_patch_size
 
 
 def _blocks(stage: nn.Sequential) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
@@ -96,10 +98,15 @@ def test_the_stages_see_the_channels_of_the_paper_layout():
     assert x5.shape == (1, 48, 1, 1, 1) and x9.shape == (1, 3, 16, 16, 16)
 
 
-def test_a_shallower_configuration_and_its_divisor():
+def test_a_shallower_configuration_and_the_patch_sizes_it_takes():
     cfg = VNetConfig(width=2, encoder_blocks=(1, 2, 2), decoder_blocks=(2, 1), dropout=0.25)
     net = VNet(cfg)
-    assert net.divisor == 4 and VNet(VNetConfig(width=2)).divisor == 16
+    # three levels halve twice: 4 divides every side; the default four levels need 16
+    assert check_patch_size((4, 8, 12), len(cfg.encoder_blocks)) == (4, 8, 12)
+    with pytest.raises(InputError, match="multiples of 4"):
+        check_patch_size((4, 8, 6), len(cfg.encoder_blocks))
+    with pytest.raises(InputError, match="multiples of 16"):
+        check_patch_size((8, 16, 16), len(VNetConfig().encoder_blocks))
     assert cfg.channels == (2, 4, 8) and cfg.bottleneck_channels == 8
     assert VNetConfig().bottleneck_channels == 256
     assert [len(_blocks(s)) for s in net.encoder] == [1, 2, 2] and [len(_blocks(s)) for s in net.decoder] == [2, 1]

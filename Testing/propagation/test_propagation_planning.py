@@ -20,9 +20,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from rada.annotation import AXES, IGNORE, SparseAnnotation, grow_box, take_slice
+from rada.annotation import IGNORE, SparseAnnotation, crop_box, take_slice
 from rada.errors import InputError
-from rada.propagation import VIEWS, PropagationConfig, RegistrationCache, alpha_weights, propagate
+from rada.propagation import PropagationConfig, RegistrationCache, propagate
+from rada.views import AXIS_OF, VIEW_NAMES
 from rada.volume import Volume
 
 #: In-process, no opening/closing, the whole volume: only planning and assembly remain.
@@ -77,8 +78,8 @@ def _two_seed_case(shape=(31, 6, 7)) -> tuple[Volume, SparseAnnotation]:
 
 
 def _check_views(result, ann: SparseAnnotation, ranges: dict[str, tuple[int, int]]) -> None:
-    for name in VIEWS:
-        a = AXES[name]
+    for name in VIEW_NAMES:
+        a = AXIS_OF[name]
         label, distance = _expected_view(ann, a, *ranges[name])
         view = result.views[name]
         assert view.axis == name
@@ -90,7 +91,7 @@ def _check_views(result, ann: SparseAnnotation, ranges: dict[str, tuple[int, int
 def test_every_slice_takes_its_nearest_seed_and_an_empty_seed_stays_background():
     image, ann = _two_seed_case()
     result = propagate(image, ann, PLAIN)
-    _check_views(result, ann, {name: (0, ann.shape[AXES[name]]) for name in VIEWS})
+    _check_views(result, ann, {name: (0, ann.shape[AXIS_OF[name]]) for name in VIEW_NAMES})
     axial = result.views["axial"].label
     free = ~ann.known()
     # 11 and 12 lie between the seeds 6 and 17 (annotated voxels of other planes aside)
@@ -99,13 +100,13 @@ def test_every_slice_takes_its_nearest_seed_and_an_empty_seed_stays_background()
     assert axial[21][free[21]].any()  # nearer 17 than the painted-empty slice 26
     assert not axial[22:26][free[22:26]].any() and not axial[27:][free[27:]].any()  # nearer 26: background
     # the views agree that the structure is there; the fusion is the 2-of-3 majority
-    votes = sum(result.views[n].label.astype(int) for n in VIEWS)
+    votes = sum(result.views[n].label.astype(int) for n in VIEW_NAMES)
     expected = (votes >= 2).astype(np.uint8)
     known = ann.known()
     expected[known] = ann.foreground()[known]
     np.testing.assert_array_equal(result.fused, expected)
     assert result.fused.dtype == np.uint8
-    assert result.stats["ranges"] == {name: [0, ann.shape[AXES[name]]] for name in ("axial", "coronal", "sagittal")}
+    assert result.stats["ranges"] == {name: [0, ann.shape[AXIS_OF[name]]] for name in ("axial", "coronal", "sagittal")}
     assert result.stats["box"] == [[0, n] for n in ann.shape]
 
 
@@ -136,7 +137,7 @@ def test_fusion_is_a_two_of_three_majority_with_annotated_voxels_exact():
     sagittal[1:8, 3:7] = True
     ann = _paint(shape, {4: axial}, {4: coronal}, {5: sagittal})
     result = propagate(Volume(np.zeros(shape, np.float32)), ann, PLAIN)
-    votes = sum(result.views[n].label.astype(int) for n in VIEWS)
+    votes = sum(result.views[n].label.astype(int) for n in VIEW_NAMES)
     known = ann.known()
     for v in (1, 2, 3):
         assert ((votes == v) & ~known).any(), v
@@ -152,8 +153,8 @@ def test_ranges_stop_at_the_extent_seen_on_the_other_axes_plus_the_slack():
     for slack in (0, 2):
         cfg = PropagationConfig(workers=1, isolate=False, kernel=0, crop=False, extent_slack=slack)
         result = propagate(image, ann, cfg)
-        ranges = {name: (max(0, extent[AXES[name]].start - slack),
-                         min(ann.shape[AXES[name]], extent[AXES[name]].stop + slack)) for name in VIEWS}
+        ranges = {name: (max(0, extent[AXIS_OF[name]].start - slack),
+                         min(ann.shape[AXIS_OF[name]], extent[AXIS_OF[name]].stop + slack)) for name in VIEW_NAMES}
         assert result.stats["ranges"] == {n: list(r) for n, r in ranges.items()}
         _check_views(result, ann, ranges)
 
@@ -174,16 +175,16 @@ def test_the_crop_box_bounds_the_ranges_and_the_planes():
         cfg = PropagationConfig(workers=1, isolate=False, kernel=0, stop_at_extent=False, margin=margin,
                                 crop_quantum=quantum)
         result = propagate(image, ann, cfg)
-        box = grow_box(ann.extent(), shape, margin, quantum)
+        box = crop_box(ann, margin, 0.0, quantum)
         assert result.stats["box"] == [[s.start, s.stop] for s in box]
-        assert result.stats["ranges"] == {name: [box[AXES[name]].start, box[AXES[name]].stop] for name in VIEWS}
+        assert result.stats["ranges"] == {name: [box[AXIS_OF[name]].start, box[AXIS_OF[name]].stop] for name in VIEW_NAMES}
         inside = np.zeros(shape, bool)
         inside[box] = True
         known = ann.known()
-        for name in VIEWS:
+        for name in VIEW_NAMES:
             label = result.views[name].label
             assert not label[~inside & ~known].any(), name
-            a = AXES[name]
+            a = AXIS_OF[name]
             expected, _ = _expected_view(ann, a, box[a].start, box[a].stop)
             expected[~inside & ~known] = 0
             np.testing.assert_array_equal(label, expected, err_msg=name)
@@ -295,19 +296,6 @@ def test_cache_keys_ignore_voxels_clipped_by_the_percentiles():
     assert st["registrations_cached"] == planned and st["registrations_run"] == 0
 
 
-def test_alpha_weights_take_any_mask_type_and_alpha_zero():
-    d = np.array([[[0, 1, 2, 3]]], np.int16)
-    known = np.array([[[False, False, True, False]]])
-    for mask in (known, known.astype(np.uint8), known.astype(np.int64)):
-        np.testing.assert_array_equal(alpha_weights(d, mask, 0.5), [[[1.0, 0.5, 1.0, 0.125]]])
-    # alpha 0: only the seed slices (distance 0) and annotated voxels keep a weight
-    np.testing.assert_array_equal(alpha_weights(d, known, 0.0), [[[1.0, 0.0, 1.0, 0.0]]])
-    with pytest.raises(InputError, match="shape"):
-        alpha_weights(d, known[..., :2], 0.5)
-    with pytest.raises(InputError, match="alpha must be in"):
-        alpha_weights(d, known, -0.1)
-
-
 def test_cache_keys_change_with_content_spacing_and_registration_parameters():
     image, ann = _noise_case()
     cfg = KEYS
@@ -315,7 +303,7 @@ def test_cache_keys_change_with_content_spacing_and_registration_parameters():
     planned = propagate(image, ann, cfg, cache=cache).stats["registrations_planned"]
     other, _ = _noise_case(seed=1)
     assert propagate(other, ann, cfg, cache=cache).stats["registrations_cached"] == 0
-    for changed in (replace(KEYS, seed=3), replace(KEYS, transform="SyN"), replace(KEYS, preset="fast")):
+    for changed in (replace(KEYS, seed=3), replace(KEYS, transform="SyN"), replace(KEYS, resolution="half")):
         assert propagate(image, ann, changed, cache=cache).stats["registrations_cached"] == 0, changed
     stretched, stretched_ann = _noise_case(spacing=(1.0, 1.0, 2.0))
     st = propagate(stretched, stretched_ann, cfg, cache=cache).stats
@@ -350,7 +338,7 @@ def test_identical_slice_pairs_are_registered_once():
 def test_distance_is_measured_along_the_view_axis_only(axis):
     image, ann = _two_seed_case()
     result = propagate(image, ann, PLAIN)
-    name = [n for n, a in AXES.items() if a == axis][0]
+    name = [n for n, a in AXIS_OF.items() if a == axis][0]
     d = result.views[name].distance
     seeds = ann.annotated_slices(axis)
     for i in range(ann.shape[axis]):
@@ -372,7 +360,7 @@ def test_progress_counts_the_registrations_and_ends_at_one():
     assert fractions[1:-1] == [k / planned for k in range(1, planned + 1)]
     assert all(m == "registering neighbouring slices" for _, m in calls[:-1])
     st = result.stats
-    assert (st["transform"], st["preset"], st["workers"]) == ("SyNRA", "full", 1)
+    assert (st["transform"], st["resolution"], st["workers"]) == ("SyNRA", "full", 1)
     assert st["registrations_skipped"] == 0 and st["seconds"] >= 0
     cached = RegistrationCache()
     propagate(image, ann, KEYS, cache=cached)
@@ -421,7 +409,7 @@ def test_several_workers_give_the_single_worker_result(case):
     one = propagate(image, ann, cfg)
     calls: list[float] = []
     two = propagate(image, ann, replace(cfg, workers=2), progress=lambda f, m: calls.append(f))
-    for name in VIEWS:
+    for name in VIEW_NAMES:
         np.testing.assert_array_equal(two.views[name].label, one.views[name].label, err_msg=name)
         np.testing.assert_array_equal(two.views[name].distance, one.views[name].distance)
         assert two.views[name].axis == name

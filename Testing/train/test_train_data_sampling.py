@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rada.nets.triview import VIEWS
 from rada.train.data import LabeledCase, TrainingData, crop_or_pad, iteration_rng, rot_flip, sample_batch
+from rada.views import VIEWS
 
 UINT16_MAX = np.iinfo(np.uint16).max
 

@@ -125,16 +125,7 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = No
 def asd(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = None) -> float:
     """Average surface distance from the prediction's surface to the reference's (directed).
 
-    Args:
-        pred: binary mask.
-        ref: binary mask, same shape.
-        spacing: per array axis; None = voxels.
-
-    Returns:
-        The distance, in mm with ``spacing``, else in voxels.
-
-    Raises:
-        ValueError: either mask is empty.
+    Arguments, units and errors as :func:`hd95`.
     """
     return float(surface_distances(pred, ref, spacing).mean())
 

@@ -6,6 +6,12 @@ Each subcommand is registered by an ``add_<name>`` function of its group's modul
 (:mod:`rada.cli.segment`, :mod:`~rada.cli.data`, :mod:`~rada.cli.train`,
 :mod:`~rada.cli.weights`, :mod:`~rada.cli.serve`, :mod:`~rada.cli.demo`) and runs a
 ``run_<name>``; this module only builds the parser and maps errors to exit codes.
+
+The signatures are the same for every command, so they are documented once, here:
+``add_<name>(sub)`` adds the subcommand to ``sub``, the ``rada`` subparsers; ``run_<name>(args)``
+takes the parsed command line and returns the exit status 0, raising
+:class:`~rada.errors.InputError` for a missing, unreadable or unfitting input or an output
+that cannot be written (printed as one line, exit 2).
 """
 
 from __future__ import annotations

@@ -15,11 +15,7 @@ from rada.safe_write import VOLUME_SUFFIXES
 
 
 def add_prepare_sparse(sub: argparse._SubParsersAction) -> None:
-    """Register ``rada prepare-sparse`` (dense label -> sparse annotation).
-
-    Args:
-        sub: the ``rada`` subcommand parsers to add the command to.
-    """
+    """Register ``rada prepare-sparse`` (dense label -> sparse annotation)."""
     p = sub.add_parser("prepare-sparse", help="dense label -> sparse annotation (the painting protocol)",
                        description="Keep only annotated slices of a dense label: 1 structure, 0 background "
                                    "on those slices, 255 (not annotated) elsewhere.")
@@ -32,18 +28,7 @@ def add_prepare_sparse(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare_sparse(args: argparse.Namespace) -> int:
-    """Write the sparse annotation of a dense label.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        0, the exit status.
-
-    Raises:
-        InputError: the label is unreadable or empty, ``--slices`` is invalid, or the output cannot be
-            written.
-    """
+    """Write the sparse annotation of a dense label."""
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.annotation import SparseAnnotation
     from rada.io import read_volume, write_volume
@@ -56,11 +41,7 @@ def run_prepare_sparse(args: argparse.Namespace) -> int:
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
-    """Register ``rada evaluate`` (Dice, Jaccard, HD95, ASD).
-
-    Args:
-        sub: the ``rada`` subcommand parsers to add the command to.
-    """
+    """Register ``rada evaluate`` (Dice, Jaccard, HD95, ASD)."""
     p = sub.add_parser("evaluate", help="Dice, Jaccard, HD95, ASD of predictions against references",
                        description="Score one prediction against one reference, or every prediction in a "
                                    "folder against the reference of the same name in another folder.")
@@ -72,18 +53,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Score predictions against references: a table (or JSON) on stdout, optionally a CSV.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        0, the exit status.
-
-    Raises:
-        InputError: a file or folder is missing or unreadable, a prediction has no reference, the grids
-            differ, or the CSV cannot be written.
-    """
+    """Score predictions against references: a table (or JSON) on stdout, optionally a CSV."""
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.evaluation import evaluate_paths, format_table, write_csv
 
@@ -99,11 +69,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_prepare_dataset(sub: argparse._SubParsersAction) -> None:
-    """Register ``rada prepare-dataset`` (a benchmark protocol's dataset.json).
-
-    Args:
-        sub: the ``rada`` subcommand parsers to add the command to.
-    """
+    """Register ``rada prepare-dataset`` (a benchmark protocol's dataset.json)."""
     p = sub.add_parser("prepare-dataset", help="build a barely-supervised dataset.json from dense labels",
                        description="Build a training dataset folder (dataset.json + sparse annotations) with a "
                                    "benchmark's protocol. la2018: SRC/<ID>/{image,label}.nii.gz; a fixed split "
@@ -119,17 +85,7 @@ def add_prepare_dataset(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare_dataset(args: argparse.Namespace) -> int:
-    """Build the dataset folder with the protocol's fixed split.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        0, the exit status.
-
-    Raises:
-        InputError: the source folder, the split file or ``cases.list`` is missing, or a case is invalid.
-    """
+    """Build the dataset folder with the protocol's fixed split."""
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.dataset import SplitFile, build_la2018
 

@@ -10,11 +10,7 @@ from rada.cli.common import print_json, stderr_progress
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
-    """Register ``rada demo``.
-
-    Args:
-        sub: the ``rada`` subcommand parsers to add the command to.
-    """
+    """Register ``rada demo``."""
     p = sub.add_parser("demo", help="run Segment on a built-in phantom (no data needed)",
                        description="Make a synthetic organ phantom, paint its three largest slices, "
                                    "segment it and score the result against the phantom's truth.")
@@ -25,14 +21,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    """Run :func:`rada.demo.run_demo`; a summary on stderr, the scores and files as JSON on stdout.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        0, the exit status.
-    """
+    """Run :func:`rada.demo.run_demo`; a summary on stderr, the scores and files as JSON on stdout."""
     from rada.demo import DemoConfig, run_demo  # lazy: the pipeline's imports only when the demo runs
 
     out = Path(args.out)

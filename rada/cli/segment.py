@@ -15,11 +15,7 @@ from rada.safe_write import VOLUME_SUFFIXES, OutputSet
 
 
 def add_segment(sub: argparse._SubParsersAction) -> None:
-    """Register ``rada segment`` (the Segment button without Slicer).
-
-    Args:
-        sub: the ``rada`` subcommand parsers to add the command to.
-    """
+    """Register ``rada segment`` (the Segment button without Slicer)."""
     p = sub.add_parser("segment", help="three painted slices -> 3D segmentation (the Segment button)",
                        description="Segment the painted structure of IMAGE in 3D. The annotation is a "
                                    "sparse annotation (0/1/255) or a painting (0/1 volume or .seg.nrrd).")
@@ -38,18 +34,7 @@ def add_segment(sub: argparse._SubParsersAction) -> None:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    """Segment one image from its painting; write the label (and the report) together.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        0, the exit status.
-
-    Raises:
-        InputError: an input is missing or unreadable, the annotation does not fit the image, or an output
-            cannot be written.
-    """
+    """Segment one image from its painting; write the label (and the report) together."""
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.io import Segment, Segmentation, load_annotation, read_volume, write_segmentation, write_volume
     from rada.pipeline import SegmentConfig, segment_case
@@ -77,11 +62,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def add_propagate(sub: argparse._SubParsersAction) -> None:
-    """Register ``rada propagate`` (ANTs slice-to-slice propagation).
-
-    Args:
-        sub: the ``rada`` subcommand parsers to add the command to.
-    """
+    """Register ``rada propagate`` (ANTs slice-to-slice propagation)."""
     p = sub.add_parser("propagate", help="ANTs slice-to-slice propagation of the annotated slices",
                        description="Propagate each annotated slice along its own axis (DeSCO-style, "
                                    "registrations in parallel); write the per-view pseudo-labels and "
@@ -100,18 +81,7 @@ def add_propagate(sub: argparse._SubParsersAction) -> None:
 
 
 def run_propagate(args: argparse.Namespace) -> int:
-    """Propagate the annotated slices; write the pseudo-labels (.npz) and optionally the fused label.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        0, the exit status.
-
-    Raises:
-        InputError: an input is missing or unreadable, the annotation does not fit the image, or an output
-            cannot be written.
-    """
+    """Propagate the annotated slices; write the pseudo-labels (.npz) and optionally the fused label."""
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.io import read_annotation, read_volume, write_volume
     from rada.propagation import PropagationConfig, propagate, save_propagation
@@ -137,11 +107,7 @@ def run_propagate(args: argparse.Namespace) -> int:
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
-    """Register ``rada predict`` (sliding-window inference of a trained checkpoint).
-
-    Args:
-        sub: the ``rada`` subcommand parsers to add the command to.
-    """
+    """Register ``rada predict`` (sliding-window inference of a trained checkpoint)."""
     p = sub.add_parser("predict", help="segment a volume with a trained RADA checkpoint (sliding window)",
                        description="Sliding-window inference of a trained tri-view model: one view's softmax "
                                    "or the mean of the three. The output keeps the image's geometry.")
@@ -160,17 +126,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Predict one image with a checkpoint; write the label, probability and report together.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        0, the exit status.
-
-    Raises:
-        InputError: an input or the checkpoint is missing or unreadable, or an output cannot be written.
-    """
+    """Predict one image with a checkpoint; write the label, probability and report together."""
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.infer import InferenceConfig, predict
     from rada.io import read_annotation, read_volume, write_volume

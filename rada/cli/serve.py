@@ -13,11 +13,7 @@ from rada.service.settings import MIB, ServiceSettings
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
-    """Register ``rada serve``.
-
-    Args:
-        sub: the ``rada`` subcommand parsers to add the command to.
-    """
+    """Register ``rada serve``."""
     p = sub.add_parser("serve", help="job server for the Slicer modules (FastAPI, token auth)",
                        description="Serve segment/train jobs over HTTP (see rada/service/app.py for the API). "
                                    "Binds 127.0.0.1; every endpoint but /health needs the bearer token "
@@ -43,17 +39,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Run the job server until interrupted (or, with ``--exit-with-stdin``, until stdin closes).
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        0, the exit status.
-
-    Raises:
-        InputError: the server cannot listen on the host and port.
-    """
+    """Run the job server until interrupted (or, with ``--exit-with-stdin``, until stdin closes)."""
     from rada.service.app import serve  # lazy: FastAPI and uvicorn
 
     settings = ServiceSettings.from_env(
@@ -71,11 +57,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def add_web(sub: argparse._SubParsersAction) -> None:
-    """Register ``rada web``.
-
-    Args:
-        sub: the ``rada`` subcommand parsers to add the command to.
-    """
+    """Register ``rada web``."""
     p = sub.add_parser("web", help="RADA in the browser: paint, Segment, see the 3D result (trame-slicer)",
                        description="Serve RADA's web app (Slicer's views and Paint effect via trame-slicer) on "
                                    "127.0.0.1. The page needs ?token=... (printed at start). Segments on a local "
@@ -91,14 +73,7 @@ def add_web(sub: argparse._SubParsersAction) -> None:
 
 
 def run_web(args: argparse.Namespace) -> int:
-    """Serve the web app until interrupted.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        the web app's exit status.
-    """
+    """Serve the web app until interrupted."""
     from rada.web import cli_config  # lazy: the web app and its session load slicer-core on first use
     from rada.web.app import run
 

@@ -15,11 +15,7 @@ from rada.cli.common import int_triple, print_json, stderr_progress
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    """Register ``rada train``.
-
-    Args:
-        sub: the ``rada`` subcommand parsers to add the command to.
-    """
+    """Register ``rada train``."""
     p = sub.add_parser("train", help="co-train the tri-view RADA model on a dataset (resumable; torchrun for multi-GPU)",
                        description="Barely-supervised tri-view co-training (METHOD.md 5) on a dataset.json folder. "
                                    "Writes RUN/checkpoint.pt, RUN/log.csv and RUN/loss.png; pseudo-labels are "
@@ -48,18 +44,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Train on a dataset: the config file (if any), the flags on top; JSON summary from rank 0.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        0, the exit status.
-
-    Raises:
-        InputError: the dataset, config file or guidance file is invalid, or the run folder holds a checkpoint
-            without ``--resume``.
-    """
+    """Train on a dataset: the config file (if any), the flags on top; JSON summary from rank 0."""
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.train import TrainConfig, train_dataset
     from rada.config import read_config_file
@@ -85,11 +70,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_embed(sub: argparse._SubParsersAction) -> None:
-    """Register ``rada embed`` (the encoder name is checked when it runs, not here: no torch).
-
-    Args:
-        sub: the ``rada`` subcommand parsers to add the command to.
-    """
+    """Register ``rada embed`` (the encoder name is checked when it runs, not here: no torch)."""
     p = sub.add_parser("embed", help="Alpha-CLIP text + per-view visual embeddings, computed once (cache file)",
                        description="Compute the frozen dual encoder's guidance embeddings once: the prompt's "
                                    "text embedding and, per view, the mean visual embedding of the labeled "
@@ -115,17 +96,7 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    """Compute the guidance embeddings file; print where it is and what it holds.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        0, the exit status.
-
-    Raises:
-        InputError: bad inputs or options, or no encoder weights without ``--allow-off``.
-    """
+    """Compute the guidance embeddings file; print where it is and what it holds."""
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.guidance.build import EmbedRequest, build_embeddings
 

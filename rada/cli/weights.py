@@ -13,11 +13,7 @@ from rada.errors import InputError
 
 
 def add_weights(sub: argparse._SubParsersAction) -> None:
-    """Register ``rada weights`` and its three actions.
-
-    Args:
-        sub: the ``rada`` subcommand parsers to add the command to.
-    """
+    """Register ``rada weights`` and its three actions."""
     p = sub.add_parser("weights", help="encoder weights: download, import (offline), list",
                        description="Alpha-CLIP / CLIP weights in the per-user cache ($RADA_HOME/weights, else "
                                    "~/.cache/rada/weights). Downloads resume and are sha256-checked; behind a "
@@ -41,17 +37,7 @@ def add_weights(sub: argparse._SubParsersAction) -> None:
 
 
 def run_weights_download(args: argparse.Namespace) -> int:
-    """Download registry files (or an encoder variant's files); print where they are.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        0, the exit status.
-
-    Raises:
-        InputError: ``--url`` with more than one file, or an unknown name.
-    """
+    """Download registry files (or an encoder variant's files); print where they are."""
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.guidance import weights as W
 
@@ -74,17 +60,7 @@ def run_weights_download(args: argparse.Namespace) -> int:
 
 
 def run_weights_import(args: argparse.Namespace) -> int:
-    """Copy a weights file into the cache; print its path and sha256.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        0, the exit status.
-
-    Raises:
-        InputError: the file is missing, its name is unknown, or it is not the published file (sha256).
-    """
+    """Copy a weights file into the cache; print its path and sha256."""
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.guidance import weights as W
 
@@ -95,14 +71,7 @@ def run_weights_import(args: argparse.Namespace) -> int:
 
 
 def run_weights_list(args: argparse.Namespace) -> int:
-    """Print the known weights, where they are and their sha256.
-
-    Args:
-        args: the parsed command line.
-
-    Returns:
-        0, the exit status.
-    """
+    """Print the known weights, where they are and their sha256."""
     # lazy: only the command that runs loads its work modules (module docstring)
     from rada.guidance import weights as W
 

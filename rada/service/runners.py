@@ -4,6 +4,10 @@ Each runner checks its options when the job is submitted (``check_options``: a b
 refused with 422 before it queues) and again when it runs; clients name models and
 datasets, never server paths (:func:`resolve_model`). The job manager
 (:mod:`rada.service.manager`) runs them; :func:`default_runners` is what ``rada serve`` uses.
+
+:mod:`rada.pipeline` (scikit-learn, scikit-image, ANTs) is imported by the functions that
+segment, not by this module: the service and its API import with the server's packages
+alone (CI runs the service tests so under the oldest Slicer's Python).
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from rada.annotation import as_annotation
 from rada.errors import InputError
-from rada.pipeline import PRESETS, SegmentCache, SegmentConfig, image_key, segment_case
 from rada.safe_write import atomic_path
 from rada.service.manager import JobContext, JobOutput, Runner
 from rada.service.settings import ServiceSettings
 from rada.volume import Volume
+
+if TYPE_CHECKING:
+    from rada.pipeline import SegmentCache, SegmentConfig
 
 #: Names a client may give (models, datasets, upload fields): no separators, no dots first.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -102,6 +108,8 @@ def check_segment_options(options: Mapping[str, Any], settings: ServiceSettings)
     Raises:
         InputError: one line naming the option and what is allowed.
     """
+    from rada.pipeline import PRESETS  # lazy (module docstring)
+
     options = _check_options(options, SEGMENT_OPTIONS, "segment")
     if "preset" in options and options["preset"] not in PRESETS:
         raise InputError(f"unknown preset {options['preset'][:40]!r}; use one of {', '.join(PRESETS)}")
@@ -133,6 +141,8 @@ class SegmentRunner:
         self._lock = threading.Lock()
 
     def _cache_for(self, image: Volume) -> SegmentCache:
+        from rada.pipeline import SegmentCache, image_key  # lazy (module docstring)
+
         key = image_key(image)
         with self._lock:
             cache = self._caches.pop(key, None) or SegmentCache()
@@ -153,6 +163,8 @@ class SegmentRunner:
         Raises:
             InputError: a bad option or upload.
         """
+        from rada.pipeline import SegmentConfig  # lazy (module docstring)
+
         options = check_segment_options(ctx.options, ctx.settings)
         options.setdefault("device", ctx.settings.device)
         ctx.progress(0.0, "decode", "reading the uploaded volumes")
@@ -162,6 +174,8 @@ class SegmentRunner:
 
     def __call__(self, ctx: JobContext) -> JobOutput:
         """Segment the uploaded image; the label and the report (with no server paths in it)."""
+        from rada.pipeline import segment_case  # lazy (module docstring)
+
         image, annotation, config = self.prepare(ctx)
         ctx.check_cancel()
         result = segment_case(image, annotation, config, progress=ctx.progress,

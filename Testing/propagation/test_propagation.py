@@ -249,6 +249,25 @@ def test_without_extent_stop_the_empty_rule_ends_chains():
     assert 0 < lo and hi < 24 and with_stop.stats["registrations_planned"] < st["registrations_planned"]
 
 
+def test_parallel_workers_cancel_what_an_emptied_chain_no_longer_needs():
+    # The same sphere with two worker processes: registrations are queued nearest-first for
+    # all six chains at once; when a chain's label vanishes, its queued registrations are
+    # cancelled (ProcessPoolExecutor holds only workers + 1 calls ahead, so later ones are
+    # still cancellable) and the labels equal the one-worker run's.
+    image, label = ellipsoid(shape=(24, 24, 24), radii=(6.0, 6.0, 6.0))
+    ann = SparseAnnotation.from_dense(label)
+    one = propagate(image, ann, PropagationConfig(workers=1, stop_at_extent=False, crop=False))
+    two = propagate(image, ann, PropagationConfig(workers=2, stop_at_extent=False, crop=False))
+    st = two.stats
+    assert st["workers"] == 2
+    assert st["registrations_skipped"] > 0
+    assert st["registrations_run"] + st["registrations_skipped"] <= st["registrations_planned"]
+    assert st["registrations_run"] < st["registrations_planned"]
+    np.testing.assert_array_equal(two.fused, one.fused)
+    for name in one.views:
+        np.testing.assert_array_equal(two.views[name].label, one.views[name].label)
+
+
 def test_each_slice_takes_its_nearest_seed(monkeypatch):
     # Identity registrations: every slice's label is its nearest seed's mask (after the
     # opening/closing, which leaves these squares unchanged).

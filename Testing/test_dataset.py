@@ -28,6 +28,21 @@ def test_fixed_la2018_split(la_case_ids):
     assert SplitFile.make(la_case_ids) == split
 
 
+@pytest.mark.parametrize("text, reason", [
+    ("{not json", "cannot use split file"),
+    ('{"labeled": ["a"], "unlabeled": []}', "'val' is missing"),
+    ('{"labeled": "a", "unlabeled": [], "val": []}', "'labeled' is missing or not a list"),
+    ('[1, 2]', "'labeled' is missing"),
+])
+def test_a_bad_split_file_is_one_input_error(tmp_path, text, reason):
+    path = tmp_path / "split.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match=reason):
+        SplitFile.read(path)
+    with pytest.raises(InputError, match="cannot use split file"):
+        SplitFile.read(tmp_path / "absent.json")
+
+
 def test_build_la2018_subset_and_read_back(la_dir, la_case_ids, tmp_path):
     ids = la_case_ids
     split = SplitFile(labeled=(ids[0],), unlabeled=(ids[1],), val=(ids[2],))

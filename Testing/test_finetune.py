@@ -14,7 +14,7 @@ import pytest
 
 from rada.annotation import IGNORE, SparseAnnotation
 from rada.errors import CancelledError, InputError
-from rada.finetune import FinetuneConfig, _resample_annotation
+from rada.finetune import FinetuneConfig, _resample_annotation, with_overrides
 from rada.io import read_volume
 from rada.metrics import dice
 from rada.pipeline import SegmentCache, SegmentConfig, segment_case
@@ -140,6 +140,9 @@ def test_finetune_config_rejects_bad_values_and_picks_the_cpu_profile():
         FinetuneConfig(patch_size=(30, 32, 32)).validated()
     with pytest.raises(InputError, match="combine"):
         FinetuneConfig(combine="mean").validated()
+    with pytest.raises(InputError, match="unknown finetune setting 'iteration'"):
+        with_overrides(FinetuneConfig.cpu(), iteration=10)
+    assert with_overrides(FinetuneConfig.cpu(), iterations=10).iterations == 10
     assert FinetuneConfig.for_device("cpu") == FinetuneConfig.cpu()
     assert FinetuneConfig.cpu().width < FinetuneConfig.gpu().width
     with pytest.raises(InputError, match="unknown preset"):

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from rada.annotation import SparseAnnotation
+from rada.checkpoint import load_checkpoint, save_checkpoint
 from rada.errors import InputError
 from rada.infer import (InferenceConfig, importance_map, load_model, model_predictor, predict, predict_probability,
                         sliding_window, window_starts)
 from rada.nets import ModelConfig, TriViewModel
-from rada.checkpoint import save_checkpoint
 from rada.views import VIEWS
 from rada.volume import Volume
 
@@ -61,6 +61,16 @@ def _checkpoint(tmp_path, guidance: bool):
              "preprocessing": {"intensity": "zscore", "patch_size": [16, 16, 16]},
              "guidance": {"enabled": guidance}, "iteration": 0}
     return save_checkpoint(state, tmp_path / "m.pt"), model.eval()
+
+
+@pytest.mark.parametrize("drop", ["views", "content_hash"])
+def test_an_incomplete_checkpoint_is_one_input_error(tmp_path, drop):
+    path = save_checkpoint({"views": {"axial": {"w": torch.zeros(2)}}}, tmp_path / "c.pt")
+    state = torch.load(path, weights_only=False)
+    del state[drop]
+    torch.save(state, path)
+    with pytest.raises(InputError, match=f"incomplete: it has no '{drop}'"):
+        load_checkpoint(path)
 
 
 @pytest.mark.parametrize("guidance", [True, False])

@@ -92,6 +92,9 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, A
         raise InputError(f"cannot read checkpoint {p}: {exc}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{p} is not a RADA checkpoint")
+    missing = [k for k in ("views", "content_hash") if k not in state]
+    if missing:
+        raise InputError(f"checkpoint {p} is incomplete: it has no {missing[0]!r}")
     if verify and content_hash(state["views"]) != state["content_hash"]:
         raise InputError(f"checkpoint {p} is corrupted: its weights do not match its content hash")
     return state

@@ -313,9 +313,20 @@ class SplitFile:
 
         Returns:
             The :class:`SplitFile`.
+
+        Raises:
+            InputError: the file cannot be read, is not JSON, or lacks an id list.
         """
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        return cls(tuple(raw["labeled"]), tuple(raw["unlabeled"]), tuple(raw["val"]))
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot use split file {path}: {exc}") from None
+        lists = {k: raw.get(k) if isinstance(raw, dict) else None for k in ("labeled", "unlabeled", "val")}
+        bad = [k for k, v in lists.items() if not (isinstance(v, list) and all(isinstance(i, str) for i in v))]
+        if bad:
+            raise InputError(f"split file {path} needs lists of case ids under labeled, unlabeled and val "
+                             f"({bad[0]!r} is missing or not a list of strings)")
+        return cls(tuple(lists["labeled"]), tuple(lists["unlabeled"]), tuple(lists["val"]))
 
     @classmethod
     def make(cls, case_ids: Sequence[str], n_labeled: int = 8, n_val: int = 16, seed: int = 2018) -> "SplitFile":

@@ -29,7 +29,7 @@ import json
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -581,8 +581,11 @@ def with_overrides(config: FinetuneConfig, **changes: Any) -> FinetuneConfig:
         The new :class:`FinetuneConfig`.
 
     Raises:
-        InputError: the result is invalid (see :meth:`FinetuneConfig.validated`).
+        InputError: an unknown field, or the result is invalid (see :meth:`FinetuneConfig.validated`).
     """
+    unknown = sorted(set(changes) - {f.name for f in fields(config)})
+    if unknown:
+        raise InputError(f"unknown finetune setting {unknown[0]!r}")
     return replace(config, **changes).validated()
 
 

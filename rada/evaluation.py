@@ -52,7 +52,8 @@ def evaluate_paths(pred: str | os.PathLike, gt: str | os.PathLike) -> tuple[list
     """Score a file against a file, or a folder against a folder (cases matched by name).
 
     In folder mode every prediction needs a reference of the same name; references without a
-    prediction are ignored.
+    prediction are not scored, and the summary names them (``references_without_prediction``)
+    so that a mean over fewer cases is never mistaken for the whole set.
 
     Args:
         pred: a predicted label volume, or a folder of them.
@@ -60,7 +61,8 @@ def evaluate_paths(pred: str | os.PathLike, gt: str | os.PathLike) -> tuple[list
 
     Returns:
         ``(rows, summary)``: the per-case rows (``case`` plus every score) and the mean/std
-        summary (:func:`rada.metrics.summarize`).
+        summary (:func:`rada.metrics.summarize`), in folder mode with
+        ``references_without_prediction`` (case names, possibly empty).
 
     Raises:
         InputError: a file and a folder, a prediction without reference, an empty folder, an
@@ -77,14 +79,18 @@ def evaluate_paths(pred: str | os.PathLike, gt: str | os.PathLike) -> tuple[list
         if not preds:
             raise InputError(f"no label volumes in {pred_p}")
         pairs = [(case, preds[case], refs[case]) for case in preds]
+        unscored: list[str] | None = sorted(set(refs) - set(preds))
     else:
-        pairs = [(_case_id(pred_p), pred_p, gt_p)]
+        pairs, unscored = [(_case_id(pred_p), pred_p, gt_p)], None
     rows, scores = [], []
     for case, p, g in pairs:
         s = score_volumes(read_volume(p), read_volume(g))
         scores.append(s)
         rows.append({"case": case, **s.as_dict()})
-    return rows, summarize(scores)
+    summary = summarize(scores)
+    if unscored is not None:
+        summary["references_without_prediction"] = unscored
+    return rows, summary
 
 
 def format_table(rows: list[dict], summary: dict) -> str:
@@ -109,6 +115,10 @@ def format_table(rows: list[dict], summary: dict) -> str:
         f"{summary[c]['std']:>10.4f}" if c in summary else f"{'-':>10}" for c in _COLUMNS))
     if summary["empty"]["n"]:
         lines.append(f"{summary['empty']['n']} case(s) with an empty mask: surface metrics exclude them")
+    unscored = summary.get("references_without_prediction")
+    if unscored:
+        lines.append(f"{len(unscored)} reference(s) without a prediction, not in the mean: "
+                     f"{', '.join(unscored[:5])}{' ...' if len(unscored) > 5 else ''}")
     return "\n".join(lines)
 
 

@@ -48,7 +48,15 @@ def test_evaluate_folders_gives_per_case_rows_and_mean(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--csv", str(tmp_path / "t.csv")]) == 0
     table = capsys.readouterr().out
     assert "case0" in table and "mean" in table and "std" in table
+    assert "without a prediction" not in table
     assert len((tmp_path / "t.csv").read_text(encoding="utf-8").splitlines()) == 4
+    # a reference with no prediction is named, never silently left out of the mean
+    write_volume(truth, tmp_path / "gt" / "case9.nii.gz")
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt")]) == 0
+    assert "1 reference(s) without a prediction, not in the mean: case9" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["summary"]["references_without_prediction"] == ["case9"] and len(out["cases"]) == 3
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -305,7 +305,7 @@ def test_internal_error_fails_job_and_worker_survives(client):
     assert label.shape == image.shape
 
 
-def test_unknown_job_404_result_before_done_409_and_delete(client, server):
+def test_unknown_job_404_result_before_done_409_and_delete(client, server, tmp_path):
     with pytest.raises(ServiceError) as err:
         client.status("0" * 32)
     assert err.value.status_code == 404
@@ -316,12 +316,17 @@ def test_unknown_job_404_result_before_done_409_and_delete(client, server):
     with pytest.raises(ServiceError) as err:
         client.result(job)
     assert err.value.status_code == 409
-    client.delete(job)  # cancels it; the job is dropped once stopped
+    job_dir = tmp_path / "work" / job
+    assert job_dir.is_dir()
+    client.delete(job)  # cancels it; the job and its folder are dropped as soon as it stops
     deadline = time.monotonic() + 10
-    while any(j.id == job for j in client.jobs()):
-        client.delete(job)
+    while any(j.id == job for j in client.jobs()):  # one DELETE is enough
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    with pytest.raises(ServiceError) as err:
+        client.status(job)
+    assert err.value.status_code == 404
+    assert not job_dir.exists()
 
 
 def test_job_files_live_in_server_dir_and_are_removed(client, server, tmp_path):

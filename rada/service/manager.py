@@ -137,6 +137,7 @@ class Job:
         report: the runner's report once done.
         result_path: the encoded label volume once done, if the runner returned one.
         cancel: set to ask the runner to stop.
+        deleted: ``DELETE`` came while it ran: it is dropped, with its folder, as soon as it stops.
         events: the last :data:`MAX_EVENTS` progress events.
         seq: number of the last event.
     """
@@ -157,6 +158,7 @@ class Job:
     report: dict[str, Any] | None = None
     result_path: Path | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    deleted: bool = False
     events: deque = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
     seq: int = 0
 
@@ -383,10 +385,7 @@ class JobManager:
                 self._event(job)
 
     def delete(self, job: Job) -> None:
-        """Cancel the job; drop it and its folder if it has stopped.
-
-        A running job is only asked to cancel: it is not dropped when its runner returns, but
-        kept (with its folder) until it expires (``result_ttl_s``, ``max_finished_jobs``).
+        """Cancel the job; drop it and its folder now if it has stopped, else as soon as it stops.
 
         Args:
             job: the job.
@@ -395,6 +394,8 @@ class JobManager:
         with self.lock:
             if job.state in FINISHED:
                 self._drop(job)
+            else:
+                job.deleted = True
 
     def _drop(self, job: Job) -> None:
         self.jobs.pop(job.id, None)
@@ -433,6 +434,8 @@ class JobManager:
         # Inputs are no longer needed once a job has finished: free the disk early.
         for path in job.inputs.values():
             path.unlink(missing_ok=True)
+        if job.deleted:  # DELETE came while it ran
+            self._drop(job)
 
     # --- the worker -------------------------------------------------------------------
     def _work(self) -> None:

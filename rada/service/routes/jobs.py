@@ -210,7 +210,7 @@ def jobs_router(manager: JobManager, auth: list[Depends]) -> APIRouter:
 
     @router.delete("/jobs/{job_id}")
     def delete(job_id: str) -> dict[str, Any]:
-        """Cancel the job if needed; drop it and its files once it has stopped."""
+        """Cancel the job if needed; drop it and its files now, or as soon as it has stopped."""
         job = find_job(manager, job_id)
         manager.delete(job)
         return {"id": job.id, "deleted": job.state in FINISHED, "state": job.state}

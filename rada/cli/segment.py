@@ -12,6 +12,7 @@ import time
 
 from rada.cli.common import check_outputs, int_triple, print_json, stage_report, stderr_progress
 from rada.safe_write import VOLUME_SUFFIXES, OutputSet
+from rada.views import VIEW_NAMES
 
 
 def add_segment(sub: argparse._SubParsersAction) -> None:
@@ -116,7 +117,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="label volume to write")
     p.add_argument("--annotation", default=None, help="sparse annotation: annotated voxels keep their value")
     p.add_argument("--probability", default=None, help="also write the foreground probability here")
-    p.add_argument("--view", default="mean", choices=["mean", "sagittal", "coronal", "axial"])
+    p.add_argument("--view", default="mean", choices=["mean", *VIEW_NAMES])
     p.add_argument("--stride", type=int_triple, default=None, help="window stride z,y,x (default half the patch)")
     p.add_argument("--blending", default="gaussian", choices=["gaussian", "uniform"])
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")

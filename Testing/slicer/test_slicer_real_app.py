@@ -407,3 +407,22 @@ def test_backend_stop_is_bounded_even_while_the_server_is_starting(tmp_path):
     stopper.join(60)  # liveness, not speed: the old stop() joined a 120 s start thread
     assert not stopper.is_alive(), "Backend.stop() hangs while the server is starting"
     assert process.poll() is not None, "the stubborn server was left running"
+
+
+def test_local_server_requirements_cover_every_runtime_dependency_of_the_package():
+    """A local `rada serve` under Slicer's Python imports the whole segmentation stack: every
+    dependency of pyproject.toml must be installed by the module's two requirement files,
+    except the ones Slicer ships (numpy, scipy, SimpleITK) and torch (the PyTorch extension)."""
+    import tomllib
+
+    def names(lines):
+        return {re.split(r"[<>=!~\[; ]", line.strip(), maxsplit=1)[0].lower()
+                for line in lines if line.strip() and not line.lstrip().startswith("#")}
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    needed = names(project["dependencies"]) - {"numpy", "scipy", "simpleitk", "torch"}
+    folder = REPO / "RADASegmentation" / "Resources" / "Python"
+    installed = set()
+    for name in ("requirements.txt", "requirements-local-server.txt"):
+        installed |= names((folder / name).read_text(encoding="utf-8").splitlines())
+    assert needed <= installed, f"not installed for a local server: {sorted(needed - installed)}"

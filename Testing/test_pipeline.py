@@ -56,7 +56,7 @@ def test_output_keeps_geometry_and_reproduces_the_painted_slices_exactly():
     assert dice(result.label.array, truth.array) > 0.93
     report = result.report
     assert report["guidance"]["enabled"] is False and "no trained model" in report["guidance"]["reason"]
-    assert set(report["timings_s"]) >= {"crop", "shape", "appearance", "geodesic", "fuse", "total"}
+    assert set(report["timings_s"]) >= {"crop", "shape", "appearance", "growcut", "fuse", "total"}
     assert report["annotated_slices"] == sparse.slices()
 
 

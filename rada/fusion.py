@@ -5,11 +5,13 @@ Everything is expressed as a per-voxel log-odds that the voxel belongs to the st
 * the shape prior (the mean of the per-axis warps, smoothed) gives ``log(p / (1 - p))``;
 * the appearance adds the log-odds of a pixel classifier trained on this case's painted
   voxels (``rada.appearance``);
-* the geodesic competition of painted structure and background (``rada.geodesic``) adds
-  edge-following evidence;
+* the competition of painted structure and background on the image (``rada.growcut``, the
+  idea of Slicer's Grow from seeds) adds edge-following evidence;
 * further sources (ANTs propagation, a trained model's probabilities) add their log-odds.
 
-The sum is (optionally) smoothed and thresholded inside a region around the shape evidence, then
+The sum is (optionally) smoothed and limited to a region around the shape evidence. Confident
+voxels keep their label and the uncertain band between them is decided by the same
+competition on the fused probability (``rada.growcut.refine_uncertain``). The label is then
 cleaned: pieces that touch no painted structure voxel on any painted plane are dropped (a
 pair's second member is kept when one plane shows it), holes are filled, and the painted
 voxels are written back exactly (an empty painted slice stays empty).
@@ -24,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from rada.annotation import SparseAnnotation
+from rada.growcut import refine_uncertain
 
 
 @dataclass
@@ -36,26 +39,30 @@ class FusionConfig:
     Attributes:
         prior_sigma: smoothing of the averaged shape warps, in voxels.
         prior_clip: keeps prior log-odds finite: p in ``[clip, 1 - clip]``.
-        prior_weight: weight of the shape prior's log-odds (0.5-1.0 measured on dev).
+        prior_weight: weight of the shape prior's log-odds (0.3-1.0 measured on dev).
         appearance_weight: weight of the per-case classifier's log-odds.
         appearance_clip: probability clip of the classifier before its log-odds.
-        geodesic_weight: weight of the edge-following geodesic log-odds.
+        growcut_weight: weight of the image competition's ``+1``/``-1`` (``rada.growcut``).
         intensity_weight: weight of the histogram log-likelihood ratio (the old appearance).
         histogram_bins: bins of that histogram.
         logit_sigma: smoothing of the summed log-odds, in voxels (0: thin parts survive).
         region_margin: how far past the shape evidence the result may reach, in voxels.
+        refine_confidence: fused probabilities above it (below ``1 - refine_confidence``)
+            are kept as they are; the band between is decided by the competition on the
+            probability map. ``0.5``: a plain threshold at log-odds 0.
     """
 
     prior_sigma: float = 1.0        # voxels: smoothing of the averaged shape warps
     prior_clip: float = 0.01        # keep prior log-odds finite: p in [clip, 1 - clip]
-    prior_weight: float = 0.7       # weight of the shape prior's log-odds (0.5-1.0 measured on dev)
+    prior_weight: float = 0.4       # weight of the shape prior's log-odds (0.3-1.0 measured on dev)
     appearance_weight: float = 1.0  # weight of the per-case classifier's log-odds
     appearance_clip: float = 0.02
-    geodesic_weight: float = 1.0    # weight of the edge-following geodesic log-odds
+    growcut_weight: float = 0.75    # weight of the image competition's +1/-1 (rada.growcut)
     intensity_weight: float = 0.0   # weight of the histogram log-likelihood ratio (the old appearance)
     histogram_bins: int = 32
     logit_sigma: float = 0.0        # voxels: smoothing of the summed log-odds (0: thin parts survive)
     region_margin: int = 8          # voxels: how far past the shape evidence the result may reach
+    refine_confidence: float = 0.97  # outside [1 - c, c] the fused probability decides alone
 
 
 def probability_to_logit(p: np.ndarray, clip: float) -> np.ndarray:
@@ -142,7 +149,7 @@ def fuse(image: np.ndarray, annotation: SparseAnnotation, shape_warps: Sequence[
          hull: np.ndarray, config: FusionConfig = FusionConfig(),
          extra_logits: Sequence[np.ndarray] = (),
          appearance: np.ndarray | None = None,
-         geodesic: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+         growcut: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Combine the evidence.
 
     Args:
@@ -153,8 +160,8 @@ def fuse(image: np.ndarray, annotation: SparseAnnotation, shape_warps: Sequence[
         config: weights and smoothing.
         extra_logits: further log-odds to add (a trained model).
         appearance: probability of the per-case classifier (optional).
-        geodesic: log-odds of the geodesic competition (``rada.geodesic``, optional); where
-            it says structure the result may also reach.
+        growcut: log-odds of the image competition (``rada.growcut.growcut_logit``,
+            optional); where it says structure the result may also reach.
 
     Returns:
         (label mask, fused log-odds before thresholding).
@@ -164,11 +171,11 @@ def fuse(image: np.ndarray, annotation: SparseAnnotation, shape_warps: Sequence[
     else:  # no axis shows structure on the crop: the painted voxels only
         shape_any = hull.copy()
     logit = config.prior_weight * prior_logit(shape_warps, image.shape, config)
-    use_geodesic = geodesic is not None and config.geodesic_weight > 0
-    if use_geodesic:
-        shape_any = shape_any | (geodesic > 0)
+    use_growcut = growcut is not None and config.growcut_weight > 0
+    if use_growcut:
+        shape_any = shape_any | (growcut > 0)
     # The region: any shape evidence (a warp reaches a pair's second member where the hull
-    # may not; the geodesic competition follows edges past both), plus a margin.
+    # may not; the image competition follows edges past both), plus a margin.
     region = ndimage.binary_dilation(shape_any, iterations=config.region_margin) \
         if config.region_margin else shape_any
     if config.intensity_weight and region.any():
@@ -176,13 +183,14 @@ def fuse(image: np.ndarray, annotation: SparseAnnotation, shape_warps: Sequence[
             image, annotation, region, config.histogram_bins)
     if appearance is not None and config.appearance_weight:
         logit += config.appearance_weight * probability_to_logit(appearance, config.appearance_clip)
-    if use_geodesic:
-        logit += config.geodesic_weight * geodesic
+    if use_growcut:
+        logit += config.growcut_weight * growcut
     for extra in extra_logits:
         logit += extra
     if config.logit_sigma:
         logit = ndimage.gaussian_filter(logit, config.logit_sigma)
-    mask = (logit > 0) & region
+    logit = np.where(region, logit, np.float32(-30.0))  # outside the region: background
+    mask = refine_uncertain(logit, annotation, config.refine_confidence)
     known = annotation.known()
     mask[known] = annotation.foreground()[known]
     mask = keep_painted_components(mask, annotation)

@@ -7,9 +7,11 @@ label volume on the input grid plus a JSON-ready report. Steps:
 2. shape evidence from the painted slices (visual hull, extent-matched warps per axis,
    interpolated between painted slices by signed distance);
 3. appearance: a random forest trained on this case's painted voxels (``rada.appearance``),
-   and edges: the geodesic competition of painted structure and background (``rada.geodesic``);
+   and edges: painted structure and background compete on the image, as in Slicer's Grow
+   from seeds (``rada.growcut``);
 4. optional ANTs propagation (``full`` preset), optional trained model probabilities;
-5. fuse all evidence (``rada.fusion``), keep the pieces that touch painted structure;
+5. fuse all evidence (``rada.fusion``; the uncertain band is decided by the same competition
+   on the fused probability), keep the pieces that touch painted structure;
 6. paste back into the full grid; the painted slices are reproduced exactly.
 
 Painted slices that show no structure are valid: they are background examples for the
@@ -35,7 +37,7 @@ from rada.annotation import SparseAnnotation, crop_box
 from rada.appearance import AppearanceConfig, appearance_probability
 from rada.errors import CancelledError, InputError
 from rada.fusion import FusionConfig, fuse, probability_to_logit
-from rada.geodesic import GeodesicConfig, geodesic_logit
+from rada.growcut import GrowCutConfig, growcut_logit
 from rada.intensity import zscore
 from rada.metrics import dice
 from rada.propagation import PropagationConfig, RegistrationCache, propagate
@@ -71,7 +73,7 @@ class SegmentConfig:
         model_weight: weight of the model's log-odds in the fusion.
         fusion: the evidence fusion's settings.
         appearance: the per-case classifier's settings.
-        geodesic: the geodesic competition's settings.
+        growcut: the image competition's settings (``rada.growcut``).
         finetune: a :class:`rada.finetune.FinetuneConfig`; None = the device's profile.
     """
 
@@ -84,7 +86,7 @@ class SegmentConfig:
     model_weight: float = 1.0         # weight of the model's log-odds in the fusion
     fusion: FusionConfig = field(default_factory=FusionConfig)
     appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
-    geodesic: GeodesicConfig = field(default_factory=GeodesicConfig)
+    growcut: GrowCutConfig = field(default_factory=GrowCutConfig)
     finetune: Any = None              # rada.finetune.FinetuneConfig; None = the device's profile
 
     def resolved(self) -> "SegmentConfig":
@@ -99,7 +101,7 @@ class SegmentConfig:
         if self.preset not in PRESETS:
             raise InputError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
         out = SegmentConfig(**{**asdict(self), "fusion": self.fusion, "appearance": self.appearance,
-                                 "geodesic": self.geodesic, "finetune": self.finetune})
+                                 "growcut": self.growcut, "finetune": self.finetune})
         if out.propagate is None:
             out.propagate = PRESETS[self.preset]["propagate"]
         return out
@@ -264,7 +266,7 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
     annotation.validate(image)
     if cache is not None:
         cache.bind(image)
-    stages = _Stages(progress, cancel, {"crop": 1, "shape": 2, "appearance": 6, "geodesic": 4,
+    stages = _Stages(progress, cancel, {"crop": 1, "shape": 2, "appearance": 6, "growcut": 4,
                                         "propagate": 60 if cfg.propagate else 0,
                                         "model": 20 if cfg.model else 0, "fuse": 3,
                                         "finetune": 80 if PRESETS[cfg.preset].get("finetune") else 0})
@@ -280,8 +282,9 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
     hull, warps = stages.run("shape", "shape from the painted slices", _shape)
     appearance = stages.run("appearance", "learning the structure's appearance from the painted voxels",
                             appearance_probability, img_c.array, ann_c, spacing_zyx, cfg.appearance)
-    geodesic = stages.run("geodesic", "following image edges from the painted voxels", geodesic_logit,
-                          img_c.array, ann_c, spacing_zyx, cfg.geodesic) if cfg.fusion.geodesic_weight else None
+    shape_evidence = np.logical_or.reduce([hull, *warps.values()])
+    growcut = stages.run("growcut", "growing the painted labels along the image", growcut_logit, img_c.array,
+                         ann_c, shape_evidence, cfg.growcut) if cfg.fusion.growcut_weight else None
 
     sources: dict[str, np.ndarray] = dict(warps)
     extra_logits: list[np.ndarray] = []
@@ -330,7 +333,7 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
 
     mask_c, _ = stages.run("fuse", "fusing shape, intensities and models", fuse, img_c.array, ann_c,
                            list(sources.values()), hull, cfg.fusion, extra_logits, appearance,
-                           geodesic)
+                           growcut)
     if finetune_mask is not None:  # combine="alone": the fine-tuned networks' result by itself
         mask_c = finetune_mask
 

@@ -5,7 +5,7 @@ refused with 422 before it queues) and again when it runs; clients name models a
 datasets, never server paths (:func:`resolve_model`). The job manager
 (:mod:`rada.service.manager`) runs them; :func:`default_runners` is what ``rada serve`` uses.
 
-:mod:`rada.pipeline` (scikit-learn, scikit-image, ANTs) is imported by the functions that
+:mod:`rada.pipeline` (scikit-learn, ANTs) is imported by the functions that
 segment, not by this module: the service and its API import with the server's packages
 alone (CI runs the service tests so under the oldest Slicer's Python).
 """

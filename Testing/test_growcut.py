@@ -1,0 +1,168 @@
+"""Grow from seeds (rada.growcut): the competition itself, its two uses, and what it buys on real CT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from rada.annotation import SparseAnnotation, protocol_slices
+from rada.growcut import GrowCutConfig, grow_from_seeds, growcut_logit, refine_uncertain
+from rada.io import read_volume
+from rada.metrics import dice
+from rada.pipeline import segment_case
+from rada.volume import Volume
+
+
+def _annotation(labels: np.ndarray) -> SparseAnnotation:
+    return SparseAnnotation(Volume(labels.astype(np.uint8)))
+
+
+def test_the_boundary_follows_the_intensity_edge_not_the_midpoint_between_seeds():
+    image = np.zeros((6, 8, 40), np.float32)
+    image[..., :29] = 1.0  # the edge sits 27 voxels from one seed and 9 from the other
+    fg, bg = np.zeros(image.shape, bool), np.zeros(image.shape, bool)
+    fg[..., 2], bg[..., 38] = True, True
+    out = grow_from_seeds(image + np.random.default_rng(0).normal(0, 0.01, image.shape).astype(np.float32), fg, bg)
+    assert out[..., :29].all() and not out[..., 29:].any()
+
+
+def test_a_thin_curved_tube_is_followed_to_its_end_and_nothing_else_joins():
+    shape = (24, 40, 40)
+    image = np.zeros(shape, np.float32)
+    t = np.linspace(0, np.pi, 400)
+    z, y, x = (np.rint(v).astype(int) for v in (4 + 16 * t / np.pi, 20 + 15 * np.cos(t), 20 + 15 * np.sin(t)))
+    tube = np.zeros(shape, bool)
+    tube[z, y, x] = True
+    tube = ndimage.binary_dilation(tube)  # a half helix three voxels across, face-connected
+    image[tube] = 100.0
+    fg, bg = np.zeros(shape, bool), np.zeros(shape, bool)
+    fg[z[0], y[0], x[0]] = True
+    bg[:, :, 0] = bg[:, 0, :] = True
+    bg &= ~tube
+    out = grow_from_seeds(image, fg, bg)
+    assert dice(out, tube) == 1.0
+
+
+def test_without_seeds_of_one_label_the_other_takes_everything():
+    image = np.random.default_rng(1).random((5, 6, 7)).astype(np.float32)
+    seeds = np.zeros(image.shape, bool)
+    seeds[2, 3, 3] = True
+    assert not grow_from_seeds(image, np.zeros_like(seeds), seeds).any()
+    assert grow_from_seeds(image, seeds, np.zeros_like(seeds)).all()
+    assert not grow_from_seeds(image, seeds, seeds).any()  # background wins where both are set
+
+
+def _bar_case(length: int = 60):
+    """A bright bar along x, painted on one axial and one sagittal plane near its start."""
+    shape = (20, 20, length)
+    image = np.zeros(shape, np.float32)
+    image[8:12, 8:12, :] = 200.0
+    labels = np.full(shape, 255, np.uint8)
+    labels[10] = 0
+    labels[10, 8:12, :] = 1  # the axial plane shows the whole bar
+    labels[:, :, 5] = 0
+    labels[8:12, 8:12, 5] = 1
+    return image, labels
+
+
+def test_the_image_competition_stays_within_the_margin_around_the_shape_evidence():
+    image, labels = _bar_case()
+    annotation = _annotation(labels)
+    shape = np.zeros(image.shape, bool)
+    shape[8:12, 8:12, :20] = True  # the shape evidence covers the bar's first 20 voxels only
+    cfg = GrowCutConfig(region_margin=6, max_voxels=0)
+    logit = growcut_logit(image, annotation, shape, cfg)
+    inside = logit > 0
+    bar = image > 0
+    # painted bar voxels beyond the region are still seeds of the structure
+    assert inside[10, 8:12, :].all()
+    off_plane = bar.copy()
+    off_plane[10] = False
+    assert inside[:, :, :20][off_plane[:, :, :20]].all(), "the bar inside the shape evidence was not grown"
+    assert not inside[:, :, 27:][off_plane[:, :, 27:]].any(), "grew past the region around the shape"
+    assert set(np.unique(logit)) == {-1.0, 1.0}
+
+
+def test_a_large_crop_competes_on_a_coarse_grid_and_comes_back_on_the_input_grid():
+    rng = np.random.default_rng(2)
+    shape = (40, 48, 56)
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    ball = (zz - 20) ** 2 + (yy - 24) ** 2 + (xx - 28) ** 2 <= 14 ** 2
+    image = (np.where(ball, 100.0, 20.0) + rng.normal(0, 3, shape)).astype(np.float32)
+    labels = np.full(shape, 255, np.uint8)
+    for axis, index in ((0, 20), (1, 24), (2, 28)):
+        sl = [slice(None)] * 3
+        sl[axis] = index
+        labels[tuple(sl)] = ball[tuple(sl)]
+    annotation = _annotation(labels)
+    full = growcut_logit(image, annotation, ball, GrowCutConfig(max_voxels=0))
+    coarse = growcut_logit(image, annotation, ball, GrowCutConfig(max_voxels=image.size // 8))
+    assert coarse.shape == image.shape
+    assert dice(full > 0, ball) > 0.99
+    assert dice(coarse > 0, ball) > 0.95
+
+
+def test_refinement_drops_an_island_and_fills_a_dent_that_a_threshold_keeps():
+    shape = (30, 30, 30)
+    prob = np.full(shape, 0.2, np.float32)
+    prob[:, :, :3] = prob[:, :, -3:] = 0.01   # confident background at the borders
+    prob[8:22, 8:22, 4:14] = 0.99             # a confident core
+    prob[12:18, 12:18, 8:11] = 0.3             # a dent inside it, below 0.5 but enclosed by structure
+    prob[10:14, 10:14, 20:24] = 0.7            # an island above 0.5, reached only through 0.2
+    logit = np.log(prob / (1 - prob))
+    annotation = _annotation(np.full(shape, 255, np.uint8))
+    plain = refine_uncertain(logit, annotation, 0.5)
+    refined = refine_uncertain(logit, annotation, 0.97)
+    assert plain[12:18, 12:18, 8:11].sum() == 0 and plain[10:14, 10:14, 20:24].all()
+    assert refined[12:18, 12:18, 8:11].all(), "the enclosed dent was not filled"
+    assert not refined[10:14, 10:14, 20:24].any(), "the island across a valley was kept"
+    assert refined[8:22, 8:22, 4:14].all() and refined.sum() == 14 * 14 * 10
+
+
+def test_refinement_keeps_every_painted_voxel_as_painted():
+    shape = (10, 12, 14)
+    logit = np.full(shape, -5.0, np.float32)
+    logit[:, :6] = 5.0
+    labels = np.full(shape, 255, np.uint8)
+    labels[5] = 0
+    labels[5, 8:10, 3:6] = 1      # painted structure where the evidence says background
+    labels[5, 1:3, 1:3] = 0       # painted background where it says structure
+    out = refine_uncertain(logit, _annotation(labels), 0.97)
+    assert out[5, 8:10, 3:6].all() and not out[5, 1:3, 1:3].any()
+
+
+@pytest.mark.parametrize("structure", ["vertebra_L3", "stomach"])
+def test_segment_is_not_beaten_by_slicers_grow_from_seeds_on_real_ct(structures_dir, structure):
+    """Both run on the same crop and the same three painted slices (k = 1). Before rada.growcut,
+    Segment lost by 0.03 on both (0.898 vs 0.930 and 0.837 vs 0.868 on the whole image)."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install .[test])")
+    from vtk.util import numpy_support
+
+    image = read_volume(structures_dir / "ct_abdomen" / "image.nii.gz")
+    label = read_volume(structures_dir / "ct_abdomen" / "labels" / f"{structure}.nii.gz")
+    where = np.argwhere(label.array > 0)
+    box = tuple(slice(max(lo - 16, 0), hi + 17) for lo, hi in zip(where.min(0), where.max(0)))
+    image, label = image.crop(box), label.crop(box)
+    truth = label.array > 0
+    sparse = SparseAnnotation.from_dense(label, protocol_slices(truth, 1))
+
+    def vtk_image(array):
+        import vtk
+
+        out = vtk.vtkImageData()
+        out.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+        out.SetSpacing(*image.spacing)
+        out.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True))
+        return out
+
+    seeds = np.zeros(truth.shape, np.int16)
+    seeds[sparse.known() & sparse.foreground()] = 1
+    seeds[sparse.known() & ~sparse.foreground()] = 2
+    grow = slicer.vtkImageGrowCutSegment()
+    grow.SetIntensityVolume(vtk_image(image.array.astype(np.int16)))
+    grow.SetSeedLabelVolume(vtk_image(seeds))
+    grow.Update()
+    slicers = numpy_support.vtk_to_numpy(grow.GetOutput().GetPointData().GetScalars()).reshape(truth.shape) == 1
+    ours = segment_case(image, sparse).label.array > 0
+    assert dice(ours, truth) >= dice(slicers, truth) - 0.01, (dice(ours, truth), dice(slicers, truth))

@@ -26,7 +26,12 @@ registration workers are other processes and are not counted.
     python bench/peers.py [--methods fast,growcut,fill,extrude] [--k 1,2,3]
                           [--cases SUBSTR,...] [--groups dev,heldout] [--full-k 1]
                           [--finetune-k 1] [--jobs 2]
-                          [--json out.json]
+                          [--reuse earlier.json] [--json out.json]
+
+``--reuse`` takes the classic tools of an earlier run's JSON that are not run now (same cases
+and k; the painted slices are checked where the JSON records them) into the table, so that a change to ``fast`` is compared with the
+unchanged, deterministic classic tools without rerunning them (Grow from seeds takes 10-60 s
+per case). The printed header names the file they come from.
 """
 
 from __future__ import annotations
@@ -187,7 +192,8 @@ def run_case(case: dict[str, str], ks: list[int], methods: list[str],
 
 
 def _print_row(row: dict, methods: list[str]) -> None:
-    cells = "".join(f"| {row[m]['dice']:6.3f} {row[m]['s']:6.2f} {row[m]['mb']:6.0f} " for m in methods)
+    cells = "".join(f"| {row[m]['dice']:6.3f} {row[m]['s']:6.2f} {row[m].get('mb', float('nan')):6.0f} "
+                    for m in methods)
     err = "; ".join(f"{m}: {row[m]['error']}" for m in methods if "error" in row[m])
     print(f"{row['case'][:34]:<34} {row['k']:>2} {cells}{'  ' + err if err else ''}", flush=True)
 
@@ -275,6 +281,8 @@ def main() -> int:
     ap.add_argument("--full-k", default=None, help="run 'full' only at these k (comma-separated)")
     ap.add_argument("--finetune-k", default=None, help="run 'finetune' only at these k (comma-separated)")
     ap.add_argument("--jobs", type=int, default=1, help="(case, method) pairs run in parallel")
+    ap.add_argument("--reuse", default=None,
+                    help="an earlier --json: its classic tools that are not run now join the table")
     ap.add_argument("--json", default=None, help="write rows and summary here")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
@@ -292,10 +300,18 @@ def main() -> int:
     if not DATA.exists():
         print(f"no data at {DATA}", file=sys.stderr)
         return 2
+    reused, reused_methods = {}, []
+    if args.reuse:
+        earlier = json.loads(Path(args.reuse).read_text(encoding="utf-8"))["rows"]
+        reused = {(r["case"], r["k"]): r for r in earlier}
+        # only the classic tools: ours depend on this checkout's code
+        reused_methods = [m for m in CLASSIC if m not in methods and all(m in r for r in earlier)]
+        print(f"methods {', '.join(reused_methods)}: taken from {args.reuse} (not rerun)")
+    run_methods, methods = methods, methods + reused_methods
     print(f"{'case':<34} {'k':>2} " + "".join(f"| {m:^20} " for m in methods))
     print(f"{'':<34} {'':>2} " + "".join(f"| {'Dice':>6} {'s':>6} {'MiB':>6} " for _ in methods), flush=True)
     # One process per (case, method), so each method's peak memory is its own.
-    tasks = [(case, m) for case in cases for m in methods]
+    tasks = [(case, m) for case in cases for m in run_methods]
     by_key: dict[tuple[str, int], dict] = {}
     with ProcessPoolExecutor(args.jobs, max_tasks_per_child=1) as pool:
         futures = [pool.submit(run_case, case, ks, [m], only_ks) for case, m in tasks]
@@ -303,6 +319,12 @@ def main() -> int:
             for part in future.result():
                 row = by_key.setdefault((part["case"], part["k"]), {})
                 row.update(part)
+                if reused_methods and not any(m in row for m in reused_methods):
+                    old = reused.get((part["case"], part["k"]))
+                    if old is None or old.get("slices", part["slices"]) != part["slices"]:
+                        raise SystemExit(f"--reuse: {part['case']} k={part['k']} is not in {args.reuse} "
+                                         "with the same painted slices")
+                    row.update({m: old[m] for m in reused_methods})
                 if all(m in row for m in methods):
                     _print_row(row, methods)
     rows = list(by_key.values())

@@ -39,7 +39,7 @@ class FusionConfig:
     Attributes:
         prior_sigma: smoothing of the averaged shape warps, in voxels.
         prior_clip: keeps prior log-odds finite: p in ``[clip, 1 - clip]``.
-        prior_weight: weight of the shape prior's log-odds (0.3-1.0 measured on dev).
+        prior_weight: weight of the shape prior's log-odds (0.2-1.0 measured on dev).
         appearance_weight: weight of the per-case classifier's log-odds.
         appearance_clip: probability clip of the classifier before its log-odds.
         growcut_weight: weight of the image competition's ``+1``/``-1`` (``rada.growcut``).
@@ -54,7 +54,7 @@ class FusionConfig:
 
     prior_sigma: float = 1.0        # voxels: smoothing of the averaged shape warps
     prior_clip: float = 0.01        # keep prior log-odds finite: p in [clip, 1 - clip]
-    prior_weight: float = 0.4       # weight of the shape prior's log-odds (0.3-1.0 measured on dev)
+    prior_weight: float = 0.3       # weight of the shape prior's log-odds (0.2-1.0 measured on dev)
     appearance_weight: float = 1.0  # weight of the per-case classifier's log-odds
     appearance_clip: float = 0.02
     growcut_weight: float = 0.75    # weight of the image competition's +1/-1 (rada.growcut)

@@ -49,7 +49,7 @@ from rada.volume import Volume
 ProgressFn = Callable[[float, str, str], None]
 
 PRESETS: dict[str, dict[str, bool]] = {
-    # CPU, about a second per LA case: shape prior + intensities (+ model when given).
+    # CPU, 2-5 s per LA case: shape prior, per-case classifier, grow from seeds (+ model when given).
     "fast": {"propagate": False},
     # Adds ANTs slice-to-slice propagation as a further source of evidence.
     "full": {"propagate": True},

@@ -9,6 +9,7 @@ memory or from its folder, and only whole entries.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 
@@ -153,7 +154,8 @@ def test_n_workers_is_the_setting_or_the_cpus_this_process_may_use(monkeypatch):
     ("kernel", 4, "kernel must be 0, 1 or an odd size, got 4"),
     ("seed", -1, "seed must be in [0, 2**31 - 2], got -1"),
     ("seed", 2**31 - 1, "seed must be in [0, 2**31 - 2], got 2147483647"),
-    ("start_method", "nope", "start_method 'nope' is not available here"),
+    ("start_method", "nope", "start_method 'nope' is not available here; use one of "
+                             + ", ".join(multiprocessing.get_all_start_methods())),
     ("percentiles", (50.0, 10.0), "percentiles must satisfy 0 <= low < high <= 100, got (50.0, 10.0)"),
     ("percentiles", (-1.0, 99.0), "percentiles must satisfy"),
     ("percentiles", (1.0, 100.5), "percentiles must satisfy"),

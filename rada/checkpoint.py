@@ -23,7 +23,11 @@ FORMAT_VERSION = 1
 
 
 def content_hash(views: Mapping[str, Mapping[str, torch.Tensor]]) -> str:
-    """sha256 of the views' weights (names, dtypes, shapes and bytes, in a fixed order).
+    """sha256 of the views' weights (names, dtypes, element counts and bytes, in a fixed order).
+
+    Format 1 hashes each tensor flattened, so its shape is not part of the hash (a weight of
+    another shape fails ``load_state_dict`` anyway); changing that would invalidate every
+    stored checkpoint's hash.
 
     Args:
         views: view name -> state dict of that view's network.

@@ -268,6 +268,49 @@ def test_parallel_workers_cancel_what_an_emptied_chain_no_longer_needs():
         np.testing.assert_array_equal(two.views[name].label, one.views[name].label)
 
 
+def _periodic_volume(period: int = 15, n_slices: int = 36, side: int = 24) -> tuple[Volume, np.ndarray]:
+    """A disc circling along z with ``period`` (axial slices z and z + period are identical,
+    so are their registration keys) on a fixed texture; the disc's mask on every slice."""
+    rng = np.random.default_rng(3)
+    texture = ndimage.gaussian_filter(rng.normal(size=(side, side)), 1.5)
+    yy, xx = np.mgrid[:side, :side].astype(float)
+    c = (side - 1) / 2
+    phase = 2 * np.pi * (np.arange(n_slices) % period) / period
+    r = np.hypot(yy - c - 2 * np.sin(phase)[:, None, None], xx - c - 2 * np.cos(phase)[:, None, None])
+    image = 100.0 / (1 + np.exp((r - 6) * 1.5)) + 10 * texture / texture.std()
+    return Volume(image.astype(np.float32)), r <= 6
+
+
+def test_parallel_workers_keep_a_pair_an_emptied_chain_shares_with_a_live_one():
+    # Two axial seeds one period apart: a tiny one (3x3, gone after the first 5x5 opening) and
+    # the disc. Both chains register the same slice pairs (same content, same keys), so when
+    # the tiny chain empties, every pair it drops is still needed by the disc's chains: no
+    # registration may be cancelled, and two workers must give the one-worker labels (a
+    # cancelled shared pair would stop the disc's chain there, leaving background).
+    period, n_slices, seeds = 15, 36, (3, 18)
+    image, disc = _periodic_volume(period, n_slices)
+    sparse = np.full(image.shape, IGNORE, np.uint8)
+    sparse[:, 0, :] = 0  # coronal and sagittal edge slices, painted empty: no chains there
+    sparse[:, :, 0] = 0
+    tiny = np.zeros(image.shape[1:], np.uint8)
+    tiny[11:14, 11:14] = 1
+    sparse[seeds[0]], sparse[seeds[1]] = tiny, disc[seeds[1]]
+    ann = SparseAnnotation(Volume(sparse))
+    cfg = dict(crop=False, stop_at_extent=False)
+    one = propagate(image, ann, PropagationConfig(workers=1, **cfg))
+    two = propagate(image, ann, PropagationConfig(workers=2, **cfg))
+    for result in (one, two):
+        st = result.stats
+        assert (st["registrations_run"], st["registrations_skipped"]) == (st["registrations_planned"], 0)
+    assert two.stats["workers"] == 2
+    axial = two.views["axial"].label
+    assert axial[seeds[0] + 1:seeds[1] - period // 2].sum() == 0  # the tiny seed's chains did empty
+    assert all(axial[z].any() for z in range(seeds[1] - period // 2, n_slices))  # the disc reached the edge
+    for name in one.views:
+        np.testing.assert_array_equal(two.views[name].label, one.views[name].label)
+    np.testing.assert_array_equal(two.fused, one.fused)
+
+
 def test_each_slice_takes_its_nearest_seed(monkeypatch):
     # Identity registrations: every slice's label is its nearest seed's mask (after the
     # opening/closing, which leaves these squares unchanged).

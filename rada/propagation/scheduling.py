@@ -102,15 +102,18 @@ class ChainRun:
 
     def _run_chain_by_chain(self, pool: RegistrationExecutor) -> None:
         """One worker: in chain order, so that a chain going empty skips its remaining registrations."""
+        dropped: set[str] = set()  # pairs a dead chain no longer needs; a later chain may still register one
         for chain in self.plan.chains:
             while chain.done < len(chain.steps) and not chain.dead:
                 key = chain.keys[chain.done]
                 if key not in self.records:
                     self._store(key, pool.submit(register_task, self.plan.tasks[key]).result())
+                    self.stats["registrations_skipped"] = len(dropped.difference(self.records))
                     self._report(MESSAGE)
                 self._advance(chain)
             if chain.dead:
-                self.stats["registrations_skipped"] += sum(k not in self.records for k in chain.keys[chain.done:])
+                dropped.update(chain.keys[chain.done:])
+                self.stats["registrations_skipped"] = len(dropped.difference(self.records))
 
     def _run_nearest_first(self, pool: RegistrationExecutor) -> None:
         """Several workers: nearest steps first across all chains; cancel what an emptied chain no

@@ -99,8 +99,11 @@ def plot_log(log: str | os.PathLike, out: str | os.PathLike) -> Path | None:
         out: the PNG to write (atomically).
 
     Returns:
-        ``out``, or None without matplotlib (the optional extra ``plots``) or without rows.
+        ``out``, or None without matplotlib (the optional extra ``plots``) or without rows
+        (no log written yet, e.g. a checkpoint saved before the first iteration).
     """
+    if not Path(log).exists():
+        return None
     try:  # plots are optional (extra 'plots'): a run without matplotlib just has no curve
         import matplotlib
 

@@ -220,6 +220,10 @@ def _ddp_worker(rank: int, world: int, port: int, run_dir: str) -> None:
     gathered = [torch.zeros_like(params) for _ in range(world)]
     dist.all_gather(gathered, params)
     assert all(torch.equal(gathered[0], g) for g in gathered), "ranks diverged"
+    # Both ranks past every collective before either tears the group down: without it, a rank
+    # that finished all_gather first could close the connection while the other still reads
+    # (gloo then aborts the slower rank: "terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 

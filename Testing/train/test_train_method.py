@@ -25,7 +25,7 @@ from torch import nn
 from rada.nets import ModelConfig, ViewNet
 from rada.nets.vnet import VNet, VNetConfig
 from rada.train import LabeledCase, TrainConfig, Trainer, TrainingData
-from rada.train.cotraining import teacher_mean_probability
+from rada.train.cotraining import teacher_mean_probability, view_losses
 from rada.train.data import rot_flip
 from rada.train.trainer import _iteration_seed
 from rada.views import VIEWS
@@ -229,3 +229,35 @@ def test_a_training_step_updates_bn_statistics_from_the_student_batch_only(data,
         for name, buf in net.named_buffers():
             if "running" in name or "num_batches" in name:
                 assert torch.equal(buf, expected[name]), (v.name, name)
+
+
+def test_a_step_feeds_the_certainty_masks_to_the_loss_and_reports_what_it_optimised(data, tmp_path, monkeypatch):
+    """The cross-view loss gets the teachers' certainty masks (not None), the configured loss
+    form, and the values a step returns are the losses it back-propagated: loss = sum of the
+    views' totals, sup/unsup = means over views, certain = mean certain fraction."""
+    import rada.train.trainer as trainer_module
+
+    seen = {}
+
+    def recording_view_losses(logits, labels, weights, nl, masks, beta, loss_form):
+        out = view_losses(logits, labels, weights, nl, masks, beta, loss_form)
+        seen.update(masks=masks, loss_form=loss_form, nl=nl, out=out)
+        return out
+
+    monkeypatch.setattr(trainer_module, "view_losses", recording_view_losses)
+    cfg = _method_config()
+    # two thirds into the schedule: the threshold lets a few (not all) teacher voxels count as certain
+    last = 2 * cfg.schedule.iterations // 3
+    values = Trainer(cfg, data, tmp_path).step(last)
+    masks, out = seen["masks"], seen["out"]
+    assert seen["loss_form"] == cfg.loss_form and seen["nl"] == 2
+    assert isinstance(masks, dict) and sorted(masks) == sorted(v.name for v in VIEWS)
+    assert all(m.dtype == torch.bool and m.shape[0] == 2 for m in masks.values())
+    n = len(out)
+    assert values["loss"] == pytest.approx(float(sum(v["total"] for v in out.values())), rel=1e-5)
+    assert values["sup"] == pytest.approx(float(sum(v["sup"] for v in out.values())) / n, rel=1e-5)
+    assert values["unsup"] == pytest.approx(float(sum(v["unsup"] for v in out.values())) / n, rel=1e-5)
+    certain = float(torch.stack([m.float().mean() for m in masks.values()]).mean())
+    assert values["certain"] == pytest.approx(certain, rel=1e-5) and 0.0 < certain < 1.0
+    assert values["iteration"] == last + 1 and set(values) == {"iteration", "loss", "sup", "unsup", "certain", "lr", "beta",
+                                                        "alpha", "threshold"}

@@ -169,11 +169,11 @@ def refine_uncertain(logit: np.ndarray, annotation: SparseAnnotation, confidence
     Returns:
         bool ``[z, y, x]`` label.
     """
-    prob = 1.0 / (1.0 + np.exp(-np.clip(np.asarray(logit, np.float32), -30.0, 30.0)))
     known, fg = annotation.known(), annotation.foreground()
     painted_fg, painted_bg = known & fg, known & ~fg
+    if confidence <= 0.5:  # a plain threshold: no probabilities, no search
+        return (logit > 0) & ~painted_bg | painted_fg
+    prob = 1.0 / (1.0 + np.exp(-np.clip(np.asarray(logit, np.float32), -30.0, 30.0)))
     background = ((prob < 1.0 - confidence) & ~painted_fg) | painted_bg
     structure = ((prob > confidence) | painted_fg) & ~background
-    if confidence <= 0.5:
-        return (logit > 0) & ~painted_bg | painted_fg
     return grow_from_seeds(prob, structure, background, tie_cost)

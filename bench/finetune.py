@@ -59,6 +59,10 @@ def run_case(case: dict[str, str], k: int, weights: list[float], profile: str, m
         if i == 0:  # the run that fine-tuned; later weights reuse its probability
             entry |= {"mb": _peak_rss_mb(), "stages": out.report["finetune"]["timings_s"],
                       "device": out.report["finetune"]["device"]}
+            import torch
+
+            if torch.cuda.is_available():  # the GPU profile's peak GPU memory
+                entry["gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
             box = tuple(slice(a, b) for a, b in out.report["finetune"]["box_zyx"])
         else:
             assert out.report["finetune"]["started_from"] == "cached result"
@@ -105,7 +109,8 @@ def main() -> int:
         rows.append(r)
         first = r[methods[1]]
         print(f"{r['case'][:34]:<34} " + "".join(f"| {r[m]['dice']:9.4f} " for m in methods)
-              + f"| {first['s']:6.1f} {first['mb']:6.0f} {first['stages']}", flush=True)
+              + f"| {first['s']:6.1f} {first['mb']:6.0f} {first['stages']}"
+              + (f" GPU {first['gpu_mib']} MiB" if "gpu_mib" in first else ""), flush=True)
     print(f"\nmean Dice per group, k={args.k}; 'vs fast': mean and worst case of (Dice - fast)")
     print(f"{'group':<16} {'n':>3} " + "".join(f"| {m:^22} " for m in methods))
     groups = sorted({r["group"] for r in rows})

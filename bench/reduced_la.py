@@ -43,13 +43,18 @@ class BudgetSpent(Exception):
 
 def shrink_dataset(source: Path, out: Path, factor: int, n_val: int) -> Path:
     """Downscaled LA cases in ``out/cases/<ID>/{image,label}.nii.gz`` and the dataset in ``out/dataset``
-    (the first ``n_val`` validation cases of the split)."""
+    (the first ``n_val`` validation cases of the split); ``factor`` 1 uses the source cases as they are."""
     import SimpleITK as sitk
 
     from rada.dataset import SplitFile, build_la2018
 
     split = SplitFile.read(REPO / "bench" / "la2018_split.json")
     split = SplitFile(split.labeled, split.unlabeled, split.val[:n_val])
+    dataset = out / "dataset"
+    if factor == 1:  # the paper's resolution: reference the source cases in place, nothing rewritten
+        if not (dataset / "dataset.json").exists():
+            build_la2018(source, dataset, split)
+        return dataset
     cases = out / "cases"
     for cid in split.labeled + split.unlabeled + split.val:
         dst = cases / cid
@@ -62,7 +67,6 @@ def shrink_dataset(source: Path, out: Path, factor: int, n_val: int) -> Path:
         small_label = sitk.Cast(sitk.BinShrink(label, [factor] * 3) >= 0.5, sitk.sitkUInt8)
         sitk.WriteImage(small, str(dst / "image.nii.gz"), True)
         sitk.WriteImage(small_label, str(dst / "label.nii.gz"), True)
-    dataset = out / "dataset"
     if not (dataset / "dataset.json").exists():
         build_la2018(cases, dataset, split)
     return dataset

@@ -220,6 +220,27 @@ def _ddp_worker(rank: int, world: int, port: int, run_dir: str) -> None:
     gathered = [torch.zeros_like(params) for _ in range(world)]
     dist.all_gather(gathered, params)
     assert all(torch.equal(gathered[0], g) for g in gathered), "ranks diverged"
+    # The values a step logs are the mean over ranks of each rank's own losses (ranks draw
+    # different patches, so their own losses differ).
+    import rada.train.trainer as trainer_module
+
+    own = {}
+    real_view_losses = trainer_module.view_losses
+
+    def recording_view_losses(*args):
+        out = real_view_losses(*args)
+        own["loss"] = float(sum(v["total"] for v in out.values()))
+        return out
+
+    trainer_module.view_losses = recording_view_losses
+    values = trainer.step(2)
+    trainer_module.view_losses = real_view_losses
+    logged = torch.tensor([values["loss"], own["loss"]], dtype=torch.float64)
+    every = [torch.zeros_like(logged) for _ in range(world)]
+    dist.all_gather(every, logged)
+    assert len({round(float(e[1]), 6) for e in every}) == world, "the ranks' own losses should differ"
+    mean_own = sum(float(e[1]) for e in every) / world
+    assert all(float(e[0]) == pytest.approx(mean_own, rel=1e-5) for e in every), every
     # Both ranks past every collective before either tears the group down: without it, a rank
     # that finished all_gather first could close the connection while the other still reads
     # (gloo then aborts the slower rank: "terminate called without an active exception").

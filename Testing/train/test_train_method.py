@@ -231,6 +231,24 @@ def test_a_training_step_updates_bn_statistics_from_the_student_batch_only(data,
                 assert torch.equal(buf, expected[name]), (v.name, name)
 
 
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_step_runs_the_teacher_passes_the_way_the_config_says(data, tmp_path, monkeypatch, batched):
+    """``batched_teachers`` reaches the teacher passes (batched = one forward of T noisy copies;
+    False = T forwards: the memory-saving path), with T, the noise and its clip of the config."""
+    import rada.train.trainer as trainer_module
+
+    calls = []
+
+    def recording_teachers(net, x, passes, std, clip, batched=True):  # the real default
+        calls.append((passes, std, clip, batched))
+        return teacher_mean_probability(net, x, passes, std, clip, batched)
+
+    monkeypatch.setattr(trainer_module, "teacher_mean_probability", recording_teachers)
+    cfg = replace(_method_config(), batched_teachers=batched)
+    Trainer(cfg, data, tmp_path).step(0)
+    assert calls == [(cfg.teacher_passes, cfg.noise_std, cfg.noise_clip, batched)] * 3
+
+
 def test_a_step_feeds_the_certainty_masks_to_the_loss_and_reports_what_it_optimised(data, tmp_path, monkeypatch):
     """The cross-view loss gets the teachers' certainty masks (not None), the configured loss
     form, and the values a step returns are the losses it back-propagated: loss = sum of the

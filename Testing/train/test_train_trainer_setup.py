@@ -228,3 +228,72 @@ def test_an_iterations_randomness_depends_on_seed_rank_and_t_only(data, tmp_path
     assert np.array_equal(again, image) and torch.equal(again_draws, draws)
     for other in (start(rank1, 5), start(rank0, 6), start(Trainer(replace(cfg, seed=1), data, tmp_path), 5)):
         assert not np.array_equal(other[0], image) and not torch.equal(other[1], draws)
+
+
+# --- validation hooks ------------------------------------------------------------------------------
+
+
+def test_a_validation_records_its_scores_and_only_a_better_dice_writes_best_pt(data, tmp_path):
+    from rada import checkpoint as ckpt
+    from rada.train.validation import ValidationScores
+
+    trainer = Trainer(_config(), data, tmp_path)
+    best = tmp_path / "best.pt"
+    assert trainer.on_train_end().best is None            # nothing validated yet
+    scores = [(2, ValidationScores(0.5, 3.25, 0, {"v": 0.5})),
+              (4, ValidationScores(0.5, None, 1, {"v": 0.5})),    # equal Dice, every prediction empty
+              (6, ValidationScores(0.75, 2.0, 0, {"v": 0.75}))]
+    logged = []
+    for iteration, s in scores:
+        trainer.iteration = iteration
+        values: dict = {}
+        trainer.on_validation_end(s, values)
+        logged.append(values)
+        assert ckpt.load_checkpoint(best)["iteration"] == (6 if iteration == 6 else 2)
+    assert logged[0] == {"val_dice": 0.5, "val_hd95": 3.25, "best": 1.0}
+    assert logged[1]["val_dice"] == 0.5 and math.isnan(logged[1]["val_hd95"]) and set(logged[1]) == {"val_dice", "val_hd95"}
+    assert logged[2] == {"val_dice": 0.75, "val_hd95": 2.0, "best": 1.0}
+    assert trainer.validation == {"best_dice": 0.75, "best_iteration": 6,
+                                  "history": [{"iteration": i, **s.as_dict()} for i, s in scores]}
+    result = trainer.on_train_end()
+    assert result.best == best and result.validation == trainer.validation
+    assert result.validation["history"] is not trainer.validation["history"]  # a copy: the run goes on
+
+
+@pytest.mark.parametrize("every, with_cases, rank, due", [
+    (2, True, 0, [2, 4, 5]),      # every 2 iterations and at the last (5)
+    (3, True, 0, [3, 5]),
+    (0, True, 0, []),             # never
+    (2, False, 0, []),            # no validation cases
+    (2, True, 1, []),             # only the main rank validates
+])
+def test_validation_is_due_every_n_iterations_and_at_the_last(data, tmp_path, every, with_cases, rank, due):
+    from rada.train.data import TrainingData
+    from rada.train.validation import ValidationCase
+
+    cases = [ValidationCase("v", data.labeled[0].image, data.labeled[0].labels["axial"].astype(bool))]
+    d = TrainingData(data.labeled, data.unlabeled, validation=cases if with_cases else [])
+    cfg = _config(validate_every=every)
+    trainer = Trainer(replace(cfg, schedule=replace(cfg.schedule, iterations=5)), d, tmp_path,
+                      dist_info=DistInfo(rank=rank, world_size=1))
+    seen = []
+    for i in range(1, 6):  # the hook runs after the iteration counter moved on
+        trainer.iteration = i
+        if trainer._validation_due():
+            seen.append(i)
+    assert seen == due
+
+
+def test_fit_logs_each_iterations_seconds_and_hands_its_values_to_the_callback(data, tmp_path):
+    from rada.train.run_log import read_log
+
+    cfg = _config()
+    trainer = Trainer(replace(cfg, schedule=replace(cfg.schedule, iterations=2)), data, tmp_path)
+    seen = []
+    result = trainer.fit(callback=lambda i, values: seen.append((i, dict(values))))
+    rows = read_log(result.log)
+    assert [i for i, _ in seen] == [1, 2] and len(rows) == 2
+    for (i, values), row in zip(seen, rows):
+        assert values["iteration"] == i and 0 < values["seconds"] < 600  # wall seconds of that iteration
+        assert row["seconds"] == pytest.approx(values["seconds"], rel=1e-4)
+        assert row["loss"] == pytest.approx(values["loss"], rel=1e-5)

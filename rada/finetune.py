@@ -157,8 +157,11 @@ class FinetuneConfig:
 
     @classmethod
     def gpu(cls, **overrides: Any) -> "FinetuneConfig":
-        """The GPU profile: the paper's network and patch at full resolution, 400 steps (not measured
-        on a GPU yet).
+        """The GPU profile: the paper's network and patch at full resolution, 400 steps.
+
+        Expect minutes, not seconds: on an H200 one training step of this size (three views,
+        2 + 2 patches, T = 8) took 0.53 s (``bench/RESULTS.md``), so the 400 steps alone take
+        about 3.5 minutes, and one LA case did not finish within the 200 s measured there.
 
         Args:
             **overrides: fields that replace the profile's values.

@@ -272,9 +272,9 @@ def test_a_step_feeds_the_certainty_masks_to_the_loss_and_reports_what_it_optimi
     assert isinstance(masks, dict) and sorted(masks) == sorted(v.name for v in VIEWS)
     assert all(m.dtype == torch.bool and m.shape[0] == 2 for m in masks.values())
     n = len(out)
-    assert values["loss"] == pytest.approx(float(sum(v["total"] for v in out.values())), rel=1e-5)
-    assert values["sup"] == pytest.approx(float(sum(v["sup"] for v in out.values())) / n, rel=1e-5)
-    assert values["unsup"] == pytest.approx(float(sum(v["unsup"] for v in out.values())) / n, rel=1e-5)
+    assert values["loss"] == pytest.approx(float(sum(v["total"].detach() for v in out.values())), rel=1e-5)
+    assert values["sup"] == pytest.approx(float(sum(v["sup"].detach() for v in out.values())) / n, rel=1e-5)
+    assert values["unsup"] == pytest.approx(float(sum(v["unsup"].detach() for v in out.values())) / n, rel=1e-5)
     certain = float(torch.stack([m.float().mean() for m in masks.values()]).mean())
     assert values["certain"] == pytest.approx(certain, rel=1e-5) and 0.0 < certain < 1.0
     assert values["iteration"] == last + 1 and set(values) == {"iteration", "loss", "sup", "unsup", "certain", "lr", "beta",

@@ -34,6 +34,7 @@ from peers import _peak_rss_mb, list_cases  # noqa: E402  (same protocol and gro
 def run_case(case: dict[str, str], k: int, weights: list[float], profile: str, model: str | None) -> dict:
     """Everything for one case, in this process."""
     import numpy as np
+    import torch
 
     from rada.annotation import SparseAnnotation, protocol_slices
     from rada.finetune import FinetuneConfig
@@ -59,8 +60,6 @@ def run_case(case: dict[str, str], k: int, weights: list[float], profile: str, m
         if i == 0:  # the run that fine-tuned; later weights reuse its probability
             entry |= {"mb": _peak_rss_mb(), "stages": out.report["finetune"]["timings_s"],
                       "device": out.report["finetune"]["device"]}
-            import torch
-
             if torch.cuda.is_available():  # the GPU profile's peak GPU memory
                 entry["gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
             box = tuple(slice(a, b) for a, b in out.report["finetune"]["box_zyx"])

@@ -143,16 +143,20 @@ def growcut_logit(image: np.ndarray, annotation: SparseAnnotation, shape_evidenc
     both = structure_c & background_c  # a painted boundary collapsed onto one coarse voxel: no vote
     won = grow_from_seeds(ndimage.zoom(scaled, zoom, order=1, grid_mode=True, mode="nearest"), structure_c & ~both,
                           background_c & ~both, config.tie_cost)
-    back = tuple(np.minimum((np.arange(n) * c / n).astype(int), c - 1) for n, c in zip(img.shape, coarse))
+    back = tuple(_coarse_index(n, c) for n, c in zip(img.shape, coarse))
     return np.where(won[np.ix_(*back)], 1.0, -1.0).astype(np.float32)
+
+
+def _coarse_index(n: int, c: int) -> np.ndarray:
+    """The coarse voxel (of ``c``) holding each of ``n`` fine voxels along one axis (exact integers,
+    so that seeds go down and the answer comes back by the same map)."""
+    return np.arange(n) * c // n
 
 
 def _coarse_seeds(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Seed voxels moved to the coarse voxel that contains them (thin painted planes survive)."""
-    scale = np.asarray(shape, float) / np.asarray(mask.shape, float)
-    idx = np.minimum((np.argwhere(mask) * scale).astype(int), np.asarray(shape) - 1)
     out = np.zeros(shape, bool)
-    out[tuple(idx.T)] = True
+    out[tuple(_coarse_index(n, c)[i] for n, c, i in zip(mask.shape, shape, np.nonzero(mask)))] = True
     return out
 
 

@@ -40,9 +40,9 @@ def first_run(la_dir):
     image, label = _small_case(la_dir)
     annotation = SparseAnnotation.from_dense(label)
     cache = SegmentCache()
-    stages: list[tuple[str, str]] = []
+    stages: list[tuple[float, str, str]] = []
     result = segment_case(image, annotation, SegmentConfig(preset="finetune", finetune=TINY),
-                          progress=lambda f, st, m: stages.append((st, m)), cache=cache)
+                          progress=lambda f, st, m: stages.append((f, st, m)), cache=cache)
     return image, label, annotation, cache, result, stages
 
 
@@ -72,9 +72,11 @@ def test_finetune_segment_output_and_report(first_run):
     assert ft["started_from"] == "scratch" and ft["iterations"] == TINY.iterations
     assert result.report["guidance"] == {"enabled": False, "reason": "guidance off: disabled in the fine-tune settings"}
     assert set(ft["timings_s"]) == {"propagate", "guidance", "finetune", "infer"}
-    seen = {st for st, _ in stages}
+    seen = {st for _, st, _ in stages}
     assert {"propagate", "finetune", "infer", "fuse"} <= seen
-    assert f"iteration {TINY.iterations}/{TINY.iterations}" in [m for st, m in stages if st == "finetune"]
+    assert f"iteration {TINY.iterations}/{TINY.iterations}" in [m for _, st, m in stages if st == "finetune"]
+    fractions = [f for f, _, _ in stages]  # one bar from 0 to 1 that never runs backwards
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0, [(round(f, 3), st) for f, st, _ in stages]
     assert ft["propagation"]["registrations_run"] > 0
 
 

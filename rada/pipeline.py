@@ -266,10 +266,11 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
     annotation.validate(image)
     if cache is not None:
         cache.bind(image)
+    # In the order the stages run, so the bar only moves forward.
     stages = _Stages(progress, cancel, {"crop": 1, "shape": 2, "appearance": 6, "growcut": 4,
                                         "propagate": 60 if cfg.propagate else 0,
-                                        "model": 20 if cfg.model else 0, "fuse": 3,
-                                        "finetune": 80 if PRESETS[cfg.preset].get("finetune") else 0})
+                                        "finetune": 80 if PRESETS[cfg.preset].get("finetune") else 0,
+                                        "model": 20 if cfg.model else 0, "fuse": 3})
 
     box = stages.run("crop", "cropping to the painted region", crop_box, annotation, cfg.margin,
                      cfg.margin_fraction)

@@ -309,3 +309,11 @@ def test_a_resumed_runs_progress_bar_starts_at_its_checkpoint(data, tmp_path, ca
     Trainer(replace(cfg, schedule=replace(cfg.schedule, iterations=3)), data, tmp_path).fit(resume=True)
     err = capsys.readouterr().err
     assert "2/3" in err and "3/3" in err and "0/3" not in err and "1/3" not in err
+
+
+def test_without_progress_fit_draws_no_bar(data, tmp_path, capsys):
+    # A job runner or a script that asks for no bar gets a quiet stderr (only the main rank ever draws one).
+    cfg = _config(checkpoint_every=1)
+    assert cfg.progress is False
+    Trainer(replace(cfg, schedule=replace(cfg.schedule, iterations=2)), data, tmp_path).fit()
+    assert capsys.readouterr().err == ""

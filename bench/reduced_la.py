@@ -130,15 +130,19 @@ def train_reduced(dataset: Path, run: Path, args: argparse.Namespace, deadline: 
     config = TrainConfig(model=ModelConfig.make(width=args.width), schedule=schedule, patch_size=args.patch,
                          device="cpu", checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                          progress=not args.quiet, seed=0)
-    block_start = [time.monotonic()]
+    last: dict[str, float] = {}  # time and iteration of the last validation (or of the first callback)
 
     def budget(iteration: int, values: dict) -> None:
+        now = time.monotonic()
+        if not last:  # timed from here: the pseudo-label propagation before it is not an iteration
+            last.update(time=now, iteration=iteration)
+            return
         if deadline is None or iteration % args.validate_every:
             return
-        now = time.monotonic()
-        block = now - block_start[0]  # the last block's iterations + its validation
-        block_start[0] = now
-        if now + 1.1 * block > deadline:
+        # seconds per iteration over the last block, its validation included
+        per_iteration = (now - last["time"]) / max(iteration - last["iteration"], 1)
+        last.update(time=now, iteration=iteration)
+        if now + 1.1 * per_iteration * args.validate_every > deadline:
             raise BudgetSpent(iteration)
 
     try:

@@ -8,8 +8,12 @@ The slow real-data counterpart (kill and resume on LA cases) is in ``test_train_
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
+import os
+import platform
 import re
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -140,6 +144,47 @@ def test_the_progress_bar_counts_iterations_and_shows_loss_lr_beta_and_alpha(dat
         assert re.search(shown, final), (shown, final)
 
 
+@pytest.mark.skipif(not sys.platform.startswith(("linux", "darwin")), reason="needs a POSIX pseudo-terminal")
+def test_the_progress_bar_follows_a_resized_terminal(data, tmp_path, monkeypatch):
+    """After the terminal is resized the bar is redrawn at its new width (``dynamic_ncols``).
+    The bar writes to a pseudo-terminal here, widened from 60 to 120 columns after iteration 1."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    terminal = open(slave, "w", encoding="utf-8", closefd=False)
+    shown: list[bytes] = []
+
+    def resize(columns: int) -> None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+
+    def drain() -> None:  # the pty's buffer is small: read what the bar wrote so far
+        terminal.flush()
+        while select.select([master], [], [], 0)[0]:
+            shown.append(os.read(master, 65536))
+
+    def widen(iteration, values):
+        drain()
+        if iteration == 1:
+            resize(120)
+
+    resize(60)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    try:
+        Trainer(_tiny(3, progress=True, checkpoint_every=1000), data, tmp_path / "p").fit(callback=widen)
+        drain()
+    finally:
+        terminal.close()
+        os.close(slave)
+        os.close(master)
+    lines = [line for line in b"".join(shown).decode().replace("\n", "\r").split("\r") if line.startswith("train:")]
+    assert {len(line) for line in lines if " 1/3 " in line} == {59}  # tqdm leaves the last column free
+    assert {len(line) for line in lines if " 3/3 " in line} == {119}
+
+
 # --- TrainConfig.with_overrides -----------------------------------------------------------------
 
 def test_with_overrides_changes_only_what_is_given_and_validates():
@@ -217,6 +262,31 @@ def test_save_adds_format_versions_and_hash_and_load_checks_them(tmp_path):
         torch.save(foreign, tmp_path / "foreign.pt")
         with pytest.raises(InputError, match="is not a RADA checkpoint"):
             ckpt.load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_the_content_hash_follows_format_1_byte_for_byte():
+    """Format 1 written out: views and names sorted; per tensor ``view/name/dtype/(numel,)``
+    then its raw bytes (none for an empty tensor). Stored checkpoints are checked against
+    this, so it must not change."""
+    views = _views()
+    h = hashlib.sha256()
+    for view in sorted(views):
+        for name in sorted(views[view]):
+            t = views[view][name]
+            h.update(f"{view}/{name}/{t.dtype}/({t.numel()},)".encode())
+            h.update(t.contiguous().numpy().tobytes())
+    assert ckpt.content_hash(views) == h.hexdigest()
+
+
+def test_a_checkpoint_holds_detached_weights_and_its_state_plus_format_versions_and_hash(tmp_path):
+    views = _views()
+    views["axial"]["w"].requires_grad_(True)  # e.g. a state dict taken with keep_vars=True
+    ckpt.save_checkpoint({"views": views, "iteration": 4, "note": "kept"}, tmp_path / "c.pt")
+    state = ckpt.load_checkpoint(tmp_path / "c.pt")
+    assert set(state) == {"views", "iteration", "note", "format", "format_version", "versions", "content_hash"}
+    assert not any(t.requires_grad for sd in state["views"].values() for t in sd.values())
+    assert torch.equal(state["views"]["axial"]["w"], views["axial"]["w"].detach())
+    assert state["versions"] == {"rada": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
 # --- the run log ---------------------------------------------------------------------------------

@@ -233,3 +233,29 @@ def test_voxel_weights_take_any_mask_type_and_decay_zero():
         S.voxel_weights(d, known[..., :2], 0.5)
     with pytest.raises(InputError, match="must be in"):
         S.voxel_weights(d, known, -0.1)
+
+
+def test_noisy_copies_default_to_method_md_noise():
+    # The defaults are METHOD.md's: std 0.1, clipped to +-0.2 (callers that pass nothing get them).
+    torch.manual_seed(0)
+    n = noisy_copies(torch.zeros(1, 1, 32, 32, 32), 2)
+    assert n.abs().max() <= 0.2 + 1e-7 and n.abs().max() > 0.19  # the clip is reached, never passed
+    assert 0.085 < float(n.std()) < 0.1  # N(0, 0.1) clipped at 2 std: 0.095
+
+
+def test_certain_means_entropy_strictly_below_the_threshold():
+    p = torch.tensor([[[0.5, 0.9]], [[0.5, 0.1]]]).permute(1, 0, 2)  # [B=1, C=2, 2 voxels]
+    at = float(entropy(p)[0, 0])  # the threshold equals the first voxel's entropy exactly
+    assert certainty_mask(p, at).tolist() == [[False, True]]
+
+
+def test_voxel_weights_bounds_dtype_and_message():
+    d = np.array([[[0, 1, 2, 3]]], np.int16)
+    known = np.zeros(d.shape, bool)
+    np.testing.assert_array_equal(S.voxel_weights(d, known, 1.0), np.ones(d.shape))  # alpha = 1: dense weights
+    with pytest.raises(InputError, match="must be in"):
+        S.voxel_weights(d, known, 1.5)
+    for dist in (d, d.astype(np.float64)):  # float32 whatever the distance map's type
+        assert S.voxel_weights(dist, known, 0.9).dtype == np.float32
+    with pytest.raises(InputError, match=r"\(1, 1, 2\) differs from the distance map \(1, 1, 4\)"):
+        S.voxel_weights(d, known[..., :2], 0.5)

@@ -259,3 +259,12 @@ def test_voxel_weights_bounds_dtype_and_message():
         assert S.voxel_weights(dist, known, 0.9).dtype == np.float32
     with pytest.raises(InputError, match=r"\(1, 1, 2\) differs from the distance map \(1, 1, 4\)"):
         S.voxel_weights(d, known[..., :2], 0.5)
+
+
+def test_a_scaled_schedule_scales_its_entropy_ramp_and_keeps_every_step_at_least_1():
+    base = S.ScheduleConfig(entropy_ramp=3000)
+    assert base.scaled(600).entropy_ramp == 300 and S.ScheduleConfig().scaled(600).entropy_ramp is None
+    tiny = S.ScheduleConfig().scaled(60)  # milestones 2500, 5000 -> 25, 50
+    short = S.ScheduleConfig().scaled(40)  # 150 * 40 / 6000 = 1.0: exactly 1, not rounded up
+    assert short.beta_step == 1 and short.alpha_step == 1 and tiny.lr_milestones == (25, 50)
+    assert S.ScheduleConfig().scaled(10).beta_step == 1  # 0.25 rounds to 0: kept at 1

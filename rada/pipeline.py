@@ -266,11 +266,13 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
     annotation.validate(image)
     if cache is not None:
         cache.bind(image)
-    # In the order the stages run, so the bar only moves forward.
+    finetuning = bool(PRESETS[cfg.preset].get("finetune"))
+    # In the order the stages run, so the bar only moves forward; with finetune the checkpoint
+    # is the fine-tune's start and has no inference stage of its own.
     stages = _Stages(progress, cancel, {"crop": 1, "shape": 2, "appearance": 6, "growcut": 4,
                                         "propagate": 60 if cfg.propagate else 0,
-                                        "finetune": 80 if PRESETS[cfg.preset].get("finetune") else 0,
-                                        "model": 20 if cfg.model else 0, "fuse": 3})
+                                        "finetune": 80 if finetuning else 0,
+                                        "model": 20 if cfg.model and not finetuning else 0, "fuse": 3})
 
     box = stages.run("crop", "cropping to the painted region", crop_box, annotation, cfg.margin,
                      cfg.margin_fraction)
@@ -305,7 +307,7 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
                                        if isinstance(v, (int, float, str))}
     # --- the finetune preset (rada.finetune); --model is its starting point ---
     finetune_report, finetune_mask = None, None
-    if PRESETS[cfg.preset].get("finetune"):
+    if finetuning:
         # torch: imported only for the finetune preset (fast and full run without it)
         from rada.finetune import FinetuneConfig, FinetuneMemory, probability_mask, segment_probability
 

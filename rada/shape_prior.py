@@ -108,31 +108,64 @@ def _fit_map(pairs: list[tuple[tuple[int, int], tuple[int, int]]]) -> tuple[floa
     return float(scale), float(shift)
 
 
+def _line_intervals(vol: np.ndarray, t: int, s: int, along: int, planes: list[int],
+                    read_at: tuple[float, float]) -> tuple[list[tuple[tuple[int, int], tuple[int, int]]], bool]:
+    """Matched (target, source) foreground intervals along in-plane axis ``along`` (1 or 2).
+
+    The target's line lies on each painted plane ``i``; the source is read on the line
+    that the other in-plane map sends to ``i`` (``read_at``: scale, shift), because that is
+    the source line the warp will put there. Also says whether either slice shows anything.
+    """
+    n_other = vol.shape[2 if along == 1 else 1]
+    pairs, seen = [], False
+    for i in planes:
+        j = min(max(int(round(read_at[0] * i + read_at[1])), 0), n_other - 1)
+        line_t = vol[t, :, i] if along == 1 else vol[t, i, :]
+        line_s = vol[s, :, j] if along == 1 else vol[s, j, :]
+        it, is_ = _interval(line_t), _interval(line_s)
+        seen = seen or it is not None or is_ is not None
+        if it is not None and is_ is not None:
+            pairs.append((it, is_))
+    return pairs, seen
+
+
+def _fit_maps(vol: np.ndarray, t: int, s: int, planes_b: list[int], planes_c: list[int],
+              rounds: int = 2) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """The two in-plane maps (scale, shift) taking slice ``t``'s coordinates to slice ``s``'s.
+
+    Each map is fitted to the intervals on the painted planes of the other in-plane axis.
+    The first fit reads the source on the same lines as the target; each further round
+    reads it where the other map sends those lines (a wide target slice maps a plane's line
+    onto another line of a narrow source), so that the two maps agree with each other.
+    """
+    maps: list[tuple[float, float] | None] = [None, None]
+    read = [(1.0, 0.0), (1.0, 0.0)]  # where the source lines are read: identity first
+    for _ in range(1 + rounds):
+        fitted = []
+        for along, planes, at in ((1, planes_c, read[1]), (2, planes_b, read[0])):
+            pairs, seen = _line_intervals(vol, t, s, along, planes, at)
+            # Planes that cross neither slice's structure (e.g. only an empty painted plane)
+            # say nothing about this direction: keep the source as it is along it.
+            fitted.append(_fit_map(pairs) if seen else (1.0, 0.0))
+        if fitted[0] is None or fitted[1] is None:
+            break  # keep the last consistent pair (None on the first round)
+        maps = fitted
+        read = [fitted[0], fitted[1]]
+    return maps[0], maps[1]
+
+
 def _warp_slice(vol: np.ndarray, t: int, s: int, planes_b: list[int], planes_c: list[int]) -> np.ndarray | None:
     """Slice ``s`` of ``vol`` (axis-first) resampled to slice ``t``'s extents; None if unknown there."""
     if t == s:
         return vol[s]
     if not vol[s].any():  # a painted "nothing here": its evidence is an empty slice
         return np.zeros(vol.shape[1:], bool)
-    maps = []
-    # Along b: intervals on the lines (t, :, i) of the annotated c-planes; along c likewise.
-    for along, across in ((1, planes_c), (2, planes_b)):
-        pairs, seen = [], False
-        for i in across:
-            line_t = vol[t, :, i] if along == 1 else vol[t, i, :]
-            line_s = vol[s, :, i] if along == 1 else vol[s, i, :]
-            it, is_ = _interval(line_t), _interval(line_s)
-            seen = seen or it is not None or is_ is not None
-            if it is not None and is_ is not None:
-                pairs.append((it, is_))
-        # Planes that cross neither slice's structure (e.g. only an empty painted plane)
-        # say nothing about this direction: keep the source as it is along it.
-        maps.append(_fit_map(pairs) if seen else (1.0, 0.0))
-    if maps[0] is None or maps[1] is None:
+    map_b, map_c = _fit_maps(vol, t, s, planes_b, planes_c)
+    if map_b is None or map_c is None:
         return None
     n_b, n_c = vol.shape[1:]
-    src_b = np.rint(maps[0][0] * np.arange(n_b) + maps[0][1]).astype(int)
-    src_c = np.rint(maps[1][0] * np.arange(n_c) + maps[1][1]).astype(int)
+    src_b = np.rint(map_b[0] * np.arange(n_b) + map_b[1]).astype(int)
+    src_c = np.rint(map_c[0] * np.arange(n_c) + map_c[1]).astype(int)
     ok_b = (src_b >= 0) & (src_b < n_b)
     ok_c = (src_c >= 0) & (src_c < n_c)
     out = np.zeros(vol.shape[1:], bool)
@@ -147,7 +180,9 @@ def extent_matched_warp(annotation: SparseAnnotation, axis: int,
     For a target slice ``t`` along ``axis``, each of the two painted slices around it is
     resampled (nearest neighbour) with an independent scale and shift per in-plane axis. The
     map for in-plane axis ``c`` is fitted to the foreground intervals along ``c`` that every
-    annotated slice of the third axis ``b`` shows at ``t`` (target) and at ``s`` (source).
+    annotated slice of the third axis ``b`` shows at ``t`` (target) and at ``s`` (source); the
+    source's interval is read on the line that the map along ``b`` sends to that plane (two
+    rounds of refitting), so a small source slice cut near its rim is not over-stretched.
     Between two painted slices the two resampled masks are blended by interpolating their 2D
     signed distances (shape-based interpolation), so an empty painted slice (no structure)
     shrinks the shape towards it. Slices where the orthogonal annotations show no structure

@@ -1,0 +1,96 @@
+"""The extent-matched warps of the shape prior on small volumes made in the test.
+
+Each test builds a shape whose cross-sections are known exactly (a ball, an ellipsoid, a box
+cut by the volume's border), paints a few slices of it, and checks what the warp puts on a
+slice that was not painted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rada.annotation import SparseAnnotation
+from rada.metrics import dice
+from rada.shape_prior import _fit_map, extent_matched_warp
+from rada.volume import Volume
+
+
+def _ellipsoid(shape: tuple[int, int, int], centre: tuple[int, int, int],
+               radii: tuple[float, float, float]) -> np.ndarray:
+    grid = np.mgrid[tuple(slice(0, n) for n in shape)]
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+
+
+def _paint(mask: np.ndarray, axial: int, coronal: int, sagittal: int) -> SparseAnnotation:
+    return SparseAnnotation.from_dense(Volume(mask.astype(np.uint8)),
+                                       {"axial": [axial], "coronal": [coronal], "sagittal": [sagittal]})
+
+
+def test_fit_map_is_exact_for_consistent_intervals_and_shift_only_for_a_single_point():
+    # seed = 2 * target - 3 on both ends of two intervals
+    scale, shift = _fit_map([((5, 9), (7, 15)), ((6, 8), (9, 13))])
+    assert scale == pytest.approx(2.0) and shift == pytest.approx(-3.0)
+    # one-voxel intervals that all sit at one target position: only a shift is defined
+    assert _fit_map([((5, 5), (7, 7)), ((5, 5), (9, 9))]) == (1.0, pytest.approx(3.0))
+    # two target positions one voxel apart still define a scale
+    scale, shift = _fit_map([((5, 6), (7, 9))])
+    assert scale == pytest.approx(2.0) and shift == pytest.approx(-3.0)
+    assert _fit_map([]) is None
+
+
+def test_a_small_source_cut_near_its_rim_is_not_over_stretched():
+    # A ball painted through off-centre planes: the axial slice near the pole is a small disc,
+    # which the sagittal and coronal planes (6 voxels off centre) cut near its rim. Read on the
+    # same lines as the central target slice, its intervals are short and the disc would be
+    # stretched to about four times the ball's cross-section; read where the other in-plane
+    # map sends those lines, it lands within a quarter of it.
+    ball = _ellipsoid((40, 40, 40), (20, 20, 20), (12, 12, 12))
+    warp = extent_matched_warp(_paint(ball, axial=10, coronal=26, sagittal=26), 0)
+    assert abs(warp[20].sum() / ball[20].sum() - 1.0) < 0.25, (warp[20].sum(), ball[20].sum())
+    assert dice(warp[20], ball[20]) > 0.85
+
+
+def test_each_in_plane_map_reads_the_source_where_the_other_map_sends_it():
+    # The same situation with nothing symmetric: an ellipsoid with three different radii in a
+    # box of three different sizes, cut by planes at different offsets. Mixing up the two
+    # maps, or reading a line across instead of along, misplaces or misshapes the result.
+    shape, centre, radii = (40, 48, 34), (20, 24, 17), (13.0, 15.0, 10.0)
+    solid = _ellipsoid(shape, centre, radii)
+    warp = extent_matched_warp(_paint(solid, axial=13, coronal=36, sagittal=19), 0)
+    target = solid[20]
+    assert abs(warp[20].sum() / target.sum() - 1.0) < 0.2, (warp[20].sum(), target.sum())
+    assert dice(warp[20], target) > 0.9
+
+
+def test_a_direction_that_no_painted_plane_crosses_keeps_the_source_as_it_is():
+    # The only sagittal plane is painted "nothing here" outside the ball: along y no plane
+    # says anything, so the axial warp keeps the painted disc's y-extent unchanged, while
+    # along x the coronal plane through the centre narrows it to the target's extent.
+    ball = _ellipsoid((40, 40, 40), (20, 20, 20), (12, 12, 12))
+    sparse = _paint(ball, axial=20, coronal=20, sagittal=2)
+    warp = extent_matched_warp(sparse, 0)
+    column = np.flatnonzero(warp[14, :, 20])
+    painted = np.flatnonzero(ball[20, :, 20])
+    assert column.size and (column[0], column[-1]) == (painted[0], painted[-1])
+    row, truth_row = np.flatnonzero(warp[14, 20, :]), np.flatnonzero(ball[14, 20, :])
+    assert (row[0], row[-1]) == (truth_row[0], truth_row[-1])
+
+
+def test_a_plane_that_misses_the_source_but_crosses_the_target_is_no_error():
+    # The sagittal plane, 8 voxels off centre, misses the small disc near the pole (radius
+    # 6.6) but crosses the ball's centre: along that direction the source says nothing there.
+    ball = _ellipsoid((40, 40, 40), (20, 20, 20), (12, 12, 12))
+    sparse = _paint(ball, axial=10, coronal=20, sagittal=28)
+    warp = extent_matched_warp(sparse, 0)
+    np.testing.assert_array_equal(warp[10], ball[10])
+    assert not warp[~np.broadcast_to(ball.any(axis=(1, 2))[:, None, None], ball.shape)].any()
+
+
+def test_a_structure_cut_by_the_volume_border_keeps_its_border_voxels():
+    # A box that touches the first row and column of the volume: every axial slice of it is
+    # the same, so the warp must reproduce it exactly, border voxels included.
+    box = np.zeros((30, 24, 24), bool)
+    box[5:25, :10, :12] = True
+    warp = extent_matched_warp(_paint(box, axial=15, coronal=5, sagittal=6), 0)
+    np.testing.assert_array_equal(warp[8], box[8])

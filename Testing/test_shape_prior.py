@@ -12,7 +12,7 @@ import pytest
 
 from rada.annotation import SparseAnnotation
 from rada.metrics import dice
-from rada.shape_prior import _fit_map, extent_matched_warp
+from rada.shape_prior import _fit_map, extent_matched_warp, shape_prior, visual_hull
 from rada.volume import Volume
 
 
@@ -94,3 +94,78 @@ def test_a_structure_cut_by_the_volume_border_keeps_its_border_voxels():
     box[5:25, :10, :12] = True
     warp = extent_matched_warp(_paint(box, axial=15, coronal=5, sagittal=6), 0)
     np.testing.assert_array_equal(warp[8], box[8])
+
+
+def test_between_two_painted_slices_the_stretched_masks_are_blended():
+    # Two axial slices on either side of an ellipsoid's equator: every slice between them is
+    # the blend of both stretched masks and matches the ellipsoid's own cross-section.
+    solid = _ellipsoid((40, 44, 36), (20, 22, 18), (14.0, 16.0, 11.0))
+    sparse = SparseAnnotation.from_dense(Volume(solid.astype(np.uint8)),
+                                         {"axial": [13, 27], "coronal": [22], "sagittal": [18]})
+    warp = extent_matched_warp(sparse, 0)
+    for t in (15, 18, 20, 22, 25):
+        assert dice(warp[t], solid[t]) > 0.93, t
+        assert abs(warp[t].sum() / solid[t].sum() - 1.0) < 0.15, t
+
+
+@pytest.mark.parametrize("empty_side", ["below", "above"])
+def test_towards_an_empty_painted_slice_the_shape_ends_half_way(empty_side):
+    # A ball painted through its centre (z = 24) and "nothing here" 14 slices away on one
+    # side: towards the empty slice the interpolated shape shrinks slice by slice and is gone
+    # half way (7 slices), whichever side the empty slice is on; the other side follows the ball.
+    ball = _ellipsoid((48, 40, 40), (24, 20, 20), (10.0, 12.0, 12.0))
+    empty = 10 if empty_side == "below" else 38
+    sparse = SparseAnnotation.from_dense(Volume(ball.astype(np.uint8)),
+                                         {"axial": sorted([24, empty]), "coronal": [20], "sagittal": [20]})
+    warp = extent_matched_warp(sparse, 0)
+    step = -1 if empty_side == "below" else 1
+    half_way = 24 + 7 * step
+    areas = [int(warp[t].sum()) for t in range(24, half_way, step)]
+    assert all(a > b > 0 for a, b in zip(areas, areas[1:])), areas
+    assert dice(warp[24 + 2 * step], ball[24 + 2 * step]) > 0.75
+    for t in range(half_way, empty + step, step):
+        assert not warp[t].any(), t
+    far = 24 - 5 * step  # the side without an empty slice is unaffected
+    assert dice(warp[far], ball[far]) > 0.9
+
+
+def test_past_an_empty_last_slice_the_nearest_slice_that_shows_structure_is_extended():
+    # Two balls one above the other (a pair along z). The axial slices paint the lower ball
+    # and the gap above it ("nothing here"); the sagittal and coronal planes cut both balls.
+    # Past the empty slice the upper ball is still found, from the lower ball's slice.
+    pair = (_ellipsoid((48, 32, 32), (12, 16, 16), (7.0, 9.0, 9.0))
+            | _ellipsoid((48, 32, 32), (34, 16, 16), (7.0, 9.0, 9.0)))
+    sparse = SparseAnnotation.from_dense(Volume(pair.astype(np.uint8)),
+                                         {"axial": [12, 23], "coronal": [16], "sagittal": [16]})
+    warp = extent_matched_warp(sparse, 0)
+    assert not warp[23].any()
+    for t in (30, 34, 38):
+        assert dice(warp[t], pair[t]) > 0.85, t
+
+
+def test_between_two_empty_painted_slices_nothing_is_produced():
+    # The gap of a pair painted twice as "nothing here": no slice between them gets a shape.
+    pair = (_ellipsoid((48, 32, 32), (12, 16, 16), (7.0, 9.0, 9.0))
+            | _ellipsoid((48, 32, 32), (34, 16, 16), (7.0, 9.0, 9.0)))
+    sparse = SparseAnnotation.from_dense(Volume(pair.astype(np.uint8)),
+                                         {"axial": [12, 21, 25], "coronal": [16], "sagittal": [16]})
+    warp = extent_matched_warp(sparse, 0)
+    assert not warp[21:26].any()
+    assert dice(warp[12], pair[12]) == 1.0
+
+
+def test_visual_hull_intersects_each_axis_nearest_painted_slice_extruded():
+    ball = _ellipsoid((40, 40, 40), (20, 20, 20), (12.0, 12.0, 12.0))
+    sparse = SparseAnnotation.from_dense(Volume(ball.astype(np.uint8)),
+                                         {"axial": [12, 24], "coronal": [20], "sagittal": [17]})
+    hull = visual_hull(sparse)
+    across = ball[:, 20, :][:, None, :] & ball[:, :, 17][:, :, None]  # the other two extruded
+    for t, nearest in ((13, 12), (17, 12), (19, 24), (23, 24), (30, 24)):
+        np.testing.assert_array_equal(hull[t], ball[nearest] & across[t], err_msg=str(t))
+
+
+def test_an_axis_painted_only_empty_carries_no_shape():
+    ball = _ellipsoid((40, 40, 40), (20, 20, 20), (12.0, 12.0, 12.0))
+    sparse = SparseAnnotation.from_dense(Volume(ball.astype(np.uint8)),
+                                         {"axial": [20], "coronal": [20], "sagittal": [3]})
+    assert set(shape_prior(sparse)) == {"axial", "coronal"}

@@ -409,13 +409,17 @@ def test_bad_input_is_an_input_error():
         propagate(shifted, ann)
     nan = image.array.copy()
     nan[0, 0, 0] = np.nan
-    with pytest.raises(InputError, match="NaN"):
+    with pytest.raises(InputError, match="^the image has NaN or infinite voxels$"):
         propagate(image.with_array(nan), ann)
+    with pytest.raises(InputError, match="^image voxels must be numbers, got dtype complex64$"):
+        propagate(image.with_array(image.array.astype(np.complex64)), ann)
     empty = np.where(ann.array == 1, 0, ann.array).astype(np.uint8)
     with pytest.raises(InputError, match="no structure"):
         propagate(image, SparseAnnotation(label.with_array(empty)))
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="^image must be a rada.volume.Volume, got ndarray$"):
         propagate(image.array, ann)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="^annotation must be a rada.annotation.SparseAnnotation, got Volume$"):
+        propagate(image, label)  # type: ignore[arg-type]
     for bad in ({"transform": "Affine"}, {"resolution": "slow"}, {"workers": 0}, {"kernel": 4}, {"margin": -1},
                 {"percentiles": (50.0, 10.0)}, {"seed": -1}, {"start_method": "nope"}):
         with pytest.raises(InputError):

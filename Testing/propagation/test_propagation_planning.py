@@ -190,6 +190,24 @@ def test_the_crop_box_bounds_the_ranges_and_the_planes():
             np.testing.assert_array_equal(label, expected, err_msg=name)
 
 
+def test_without_the_crop_every_slice_of_the_volume_is_reached():
+    # The corner structure of the test above with crop=False: the box is the whole volume,
+    # and without the extent stop every slice takes its nearest seed, far outside the crop.
+    shape = (40, 24, 30)
+    axial = np.zeros((24, 30), bool)
+    axial[3:7, 2:8] = True
+    coronal = np.zeros((40, 30), bool)
+    coronal[5:12, 2:8] = True
+    sagittal = np.zeros((40, 24), bool)
+    sagittal[5:12, 3:7] = True
+    ann = _paint(shape, {8: axial}, {5: coronal}, {4: sagittal})
+    assert crop_box(ann, PLAIN.margin, 0.0, PLAIN.crop_quantum) != tuple(slice(0, n) for n in shape)
+    result = propagate(Volume(np.ones(shape, np.float32)), ann, PLAIN)
+    assert result.stats["box"] == [[0, n] for n in shape]
+    _check_views(result, ann, {name: (0, shape[AXIS_OF[name]]) for name in VIEW_NAMES})
+    assert result.views["axial"].label[39, 3, 2] == 1  # 31 slices beyond the seed, off the painted planes
+
+
 def test_every_warped_slice_is_opened_then_closed_by_the_kernel():
     # The seed carries a one-pixel spur and a one-pixel hole: after each step a 3x3 opening
     # removes the spur and the closing fills the hole. A two-pixel block in the slice's
@@ -352,7 +370,9 @@ def test_progress_counts_the_registrations_and_ends_at_one():
     t0 = time.perf_counter()
     result = propagate(image, ann, KEYS, progress=lambda f, m: calls.append((f, m)))
     elapsed = time.perf_counter() - t0
-    assert 0 <= result.stats["seconds"] <= elapsed + 1e-3  # the call's own wall time, rounded to ms
+    seconds = result.stats["seconds"]
+    assert 0 <= seconds <= elapsed + 1e-3  # the call's own wall time, rounded to ms
+    assert isinstance(seconds, float) and seconds == round(seconds, 3)
     planned = result.stats["registrations_planned"]
     fractions = [f for f, _ in calls]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and calls[-1] == (1.0, "propagation done")

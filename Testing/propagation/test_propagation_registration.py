@@ -103,7 +103,7 @@ def test_a_moved_disc_is_registered_and_its_label_warped_onto_the_fixed_disc(tmp
     assert warped.dtype == bool and warped.shape == moving_mask.shape
     assert dice(moving_mask, fixed_mask) < 0.65 and dice(warped, fixed_mask) > 0.93  # measured 0.62 -> 1.0
     # the transform is physical: the same record applied on 1 mm pixels moves the label too little
-    assert dice(Warper(tmp_path / "warp").warp(moving_mask, "k2", record, (1.0, 1.0)), fixed_mask) < 0.7
+    assert dice(Warper(tmp_path / "warp").warp(moving_mask, "k2", record, (1.0, 1.0)), fixed_mask) < 0.8  # 0.62-0.67
     assert register_task((fixed, moving, spacing, _params())) and not register_task((fixed, fixed * 0, spacing, _params()))
 
 
@@ -176,7 +176,7 @@ def test_the_warper_writes_each_transform_once_and_copies_a_label_under_the_iden
     # a key is materialised once: a second warp under it reuses the files it wrote
     other = register_pair(moving, fixed, (1.0, 1.0), _params())
     np.testing.assert_array_equal(warper.warp(moving_mask, "abc", other, (1.0, 1.0)), first)
-    assert dice(warper.warp(moving_mask, "back", other, (1.0, 1.0)), fixed_mask) < 0.3  # the other way
+    assert dice(warper.warp(moving_mask, "back", other, (1.0, 1.0)), fixed_mask) < 0.4  # the other way: 0.24-0.26
     label = moving_mask.astype(np.uint8)
     same = warper.warp(label, "identity", (), (1.0, 1.0))
     assert same is not label and not (tmp_path / "identity").exists()

@@ -261,8 +261,8 @@ def test_parallel_workers_cancel_what_an_emptied_chain_no_longer_needs():
     st = two.stats
     assert st["workers"] == 2
     assert st["registrations_skipped"] > 0
-    assert st["registrations_run"] + st["registrations_skipped"] <= st["registrations_planned"]
-    assert st["registrations_run"] < st["registrations_planned"]
+    # every queued registration either ran or was cancelled, and each cancel is counted once
+    assert st["registrations_run"] + st["registrations_skipped"] == st["registrations_planned"]
     np.testing.assert_array_equal(two.fused, one.fused)
     for name in one.views:
         np.testing.assert_array_equal(two.views[name].label, one.views[name].label)

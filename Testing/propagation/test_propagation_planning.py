@@ -427,8 +427,10 @@ def test_several_workers_give_the_single_worker_result(case):
     image, ann = {"two seeds": _two_seed_case, "noise": _noise_case, "vanishing": _vanishing_case}[case]()
     cfg = replace(KEYS, kernel=3)
     one = propagate(image, ann, cfg)
-    calls: list[float] = []
-    two = propagate(image, ann, replace(cfg, workers=2), progress=lambda f, m: calls.append(f))
+    reports: list[tuple[float, str]] = []
+    two = propagate(image, ann, replace(cfg, workers=2), progress=lambda f, m: reports.append((f, m)))
+    calls = [f for f, _ in reports]
+    assert {m for _, m in reports[:-1]} == {"registering neighbouring slices"} and reports[-1] == (1.0, "propagation done")
     for name in VIEW_NAMES:
         np.testing.assert_array_equal(two.views[name].label, one.views[name].label, err_msg=name)
         np.testing.assert_array_equal(two.views[name].distance, one.views[name].distance)

@@ -235,7 +235,7 @@ def _drifting_disc(n_slices: int = 10, side: int = 32) -> tuple[Volume, np.ndarr
     zz, yy, xx = np.mgrid[:n_slices, :side, :side].astype(float)
     r = np.hypot(yy - side / 2, xx - 10.0 - zz)
     image = 100.0 / (1.0 + np.exp((r - 8.0) * 1.5))
-    return Volume(image.astype(np.float32), (1.0, 1.0, 2.0)), r <= 8.0
+    return Volume(image.astype(np.float32), (2.0, 1.0, 3.0)), r <= 8.0  # x, y, z spacing
 
 
 def test_chains_warp_each_label_by_the_registration_of_its_own_slice_pair():
@@ -255,10 +255,10 @@ def test_chains_warp_each_label_by_the_registration_of_its_own_slice_pair():
     assert (st["registrations_run"], st["identity_transforms"], st["registrations_skipped"]) == (9, 0, 0)
     axial = result.views["axial"].label.astype(bool)
     for z in range(10):
-        assert dice(axial[z], mask[z]) > 0.94, z  # measured 0.96-1.0
+        assert dice(axial[z], mask[z]) > 0.94, z  # measured 0.99-1.0
     assert max(dice(mask[4], mask[z]) for z in (0, 1, 7, 8, 9)) < 0.77  # the seed's mask carried over
     params = cfg.registration_params()
-    spacing2d = (1.0, 1.0)  # the axial plane's (y, x) spacing
+    spacing2d = (1.0, 2.0)  # the axial plane's (y, x) spacing: the transforms are physical
     slices = [normalise(image.array[z], cfg.percentiles) for z in range(image.shape[0])]
     with ants_seed(cfg.seed + 1):
         for fixed, moving in ((5, 4), (3, 4), (9, 8)):  # the label goes from ``moving`` to ``fixed``

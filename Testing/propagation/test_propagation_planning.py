@@ -380,6 +380,8 @@ def test_progress_counts_the_registrations_and_ends_at_one():
     assert fractions[1:-1] == [k / planned for k in range(1, planned + 1)]
     assert all(m == "registering neighbouring slices" for _, m in calls[:-1])
     st = result.stats
+    assert set(st) == {"registrations_planned", "registrations_run", "registrations_cached", "registrations_skipped",
+                       "identity_transforms", "workers", "transform", "resolution", "ranges", "box", "seconds"}
     assert (st["transform"], st["resolution"], st["workers"]) == ("SyNRA", "full", 1)
     assert st["registrations_skipped"] == 0 and st["seconds"] >= 0
     cached = RegistrationCache()

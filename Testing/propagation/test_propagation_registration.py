@@ -264,7 +264,29 @@ def test_chains_warp_each_label_by_the_registration_of_its_own_slice_pair():
         for fixed, moving in ((5, 4), (3, 4), (9, 8)):  # the label goes from ``moving`` to ``fixed``
             key = pair_key(slices[fixed], slices[moving], spacing2d, params)
             assert cache.get(key) == register_pair(slices[fixed], slices[moving], spacing2d, params), (fixed, moving)
+    # a second call takes every transform from the cache and warps by it again
+    again = propagate(image, ann, cfg, cache=cache)
+    assert (again.stats["registrations_cached"], again.stats["registrations_run"]) == (9, 0)
+    np.testing.assert_array_equal(again.views["axial"].label, result.views["axial"].label)
     # two workers (nearest steps first across the chains) warp by the same transforms
     two = propagate(image, ann, replace(cfg, workers=2))
     assert two.stats["workers"] == 2
     np.testing.assert_array_equal(two.views["axial"].label, result.views["axial"].label)
+
+
+def test_an_isolated_run_holds_as_many_worker_processes_as_it_uses():
+    # One worker asked, on any machine: one spawned process registers (the pool is not sized
+    # by the CPU count), and the labels still follow the disc.
+    image, mask = _drifting_disc()
+    sparse = np.full(mask.shape, IGNORE, np.uint8)
+    sparse[4] = mask[4]
+    sparse[:, 0, :] = 0
+    sparse[:, :, 0] = 0
+    children: list[int] = []
+    result = propagate(image, SparseAnnotation(Volume(sparse, image.spacing)),
+                       PropagationConfig(workers=1, crop=False, stop_at_extent=False),
+                       progress=lambda f, m: children.append(len(multiprocessing.active_children())))
+    assert result.stats["workers"] == 1 and result.stats["registrations_run"] == 9
+    assert children[0] == 0 and set(children[1:-1]) == {1}  # none before the first registration
+    assert multiprocessing.active_children() == []
+    assert min(dice(result.views["axial"].label[z], mask[z]) for z in range(10)) > 0.9

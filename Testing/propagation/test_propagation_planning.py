@@ -364,6 +364,11 @@ def test_distance_is_measured_along_the_view_axis_only(axis):
         assert (sl == min(abs(i - s) for s in seeds)).all(), (name, i)
 
 
+#: What ``propagate`` reports in ``stats``, as its docstring lists it.
+STATS_KEYS = {"registrations_planned", "registrations_run", "registrations_cached", "registrations_skipped",
+              "identity_transforms", "workers", "transform", "resolution", "ranges", "box", "seconds"}
+
+
 def test_progress_counts_the_registrations_and_ends_at_one():
     image, ann = _noise_case()
     calls: list[tuple[float, str]] = []
@@ -380,8 +385,7 @@ def test_progress_counts_the_registrations_and_ends_at_one():
     assert fractions[1:-1] == [k / planned for k in range(1, planned + 1)]
     assert all(m == "registering neighbouring slices" for _, m in calls[:-1])
     st = result.stats
-    assert set(st) == {"registrations_planned", "registrations_run", "registrations_cached", "registrations_skipped",
-                       "identity_transforms", "workers", "transform", "resolution", "ranges", "box", "seconds"}
+    assert set(st) == STATS_KEYS
     assert (st["transform"], st["resolution"], st["workers"]) == ("SyNRA", "full", 1)
     assert st["registrations_skipped"] == 0 and st["seconds"] >= 0
     cached = RegistrationCache()
@@ -415,10 +419,28 @@ def _vanishing_case() -> tuple[Volume, SparseAnnotation]:
 
 def test_a_chain_that_vanishes_skips_the_rest_of_its_registrations():
     image, ann = _vanishing_case()
-    st = propagate(image, ann, replace(KEYS, kernel=3)).stats
+    reports: list[tuple[float, str]] = []
+    st = propagate(image, ann, replace(KEYS, kernel=3), progress=lambda f, m: reports.append((f, m))).stats
     # every chain empties at its first step (a line one pixel thick under a 3x3 opening):
     # 6 first steps run; axial 3..11 (9), coronal and sagittal 4, 5 and 0 (3 each) are skipped
     assert (st["registrations_planned"], st["registrations_run"], st["registrations_skipped"]) == (21, 6, 15)
+    assert set(st) == STATS_KEYS
+    # a skipped registration counts as done: the last registration's report is the whole plan
+    assert reports[-2] == (1.0, "registering neighbouring slices") and reports[-1] == (1.0, "propagation done")
+    assert [f for f, _ in reports] == sorted(f for f, _ in reports)
+
+
+def test_progress_of_a_single_registration():
+    # A constant image whose coronal and sagittal planes are painted empty: the axial chains
+    # need one registration in all (every pair of slices is the same pair).
+    shape = (9, 6, 7)
+    square = np.zeros((6, 7), bool)
+    square[1:5, 1:6] = True
+    ann = _paint(shape, {4: square}, {0: np.zeros((9, 7), bool)}, {0: np.zeros((9, 6), bool)})
+    reports: list[float] = []
+    st = propagate(Volume(np.full(shape, 3.0, np.float32)), ann, PLAIN, progress=lambda f, m: reports.append(f)).stats
+    assert (st["registrations_planned"], st["registrations_run"]) == (1, 1)
+    assert reports == [0.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("case", ["two seeds", "noise", "vanishing"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -89,11 +90,13 @@ def test_normalise_maps_the_percentiles_to_0_and_1_and_clips_beyond():
 def test_a_moved_disc_is_registered_and_its_label_warped_onto_the_fixed_disc(tmp_path, monkeypatch, capfd):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # ANTs' own temporary files too
     (tmp_path / "tmp").mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     fixed, moving, fixed_mask, moving_mask = _pair()
     spacing = (2.0, 2.0)
     record = register_pair(fixed, moving, spacing, _params())
     assert [name for name, _ in record] == NAMES and all(data for _, data in record)
-    assert list((tmp_path / "tmp").iterdir()) == []  # every transform file was in a cleaned folder
+    assert list((tmp_path / "tmp").iterdir()) == list((tmp_path / "cwd").iterdir()) == []  # all in a cleaned folder
     assert capfd.readouterr().out == ""  # ANTs ran quietly
     field = _field(record, tmp_path)
     assert field.shape == (32, 32) and field.spacing == spacing  # full resolution, physical spacing
@@ -118,6 +121,19 @@ def test_half_resolution_registers_slices_downsampled_2x_when_they_stay_large_en
     assert _field(record, tmp_path).shape == (16, 16)
     # the coarse transform still applies to the full-resolution label: 0.62 before
     assert dice(Warper(tmp_path).warp(moving_mask, "k", record, (1.0, 1.0)), fixed_mask) > 0.8  # measured 0.87-0.95
+
+
+def test_half_resolution_registers_both_slices_linearly_resampled_to_twice_the_spacing(tmp_path):
+    # The reference: ANTs itself on the two slices resampled (linear interpolation) to twice
+    # the spacing, with the same transform, iterations and seed.
+    fixed, moving, _, _ = _pair()
+    spacing, params = (1.5, 1.0), _params(resolution="half")
+    record = register_pair(fixed, moving, spacing, params)
+    f, m = (ants.resample_image(ants.from_numpy(a, spacing=spacing), (3.0, 2.0), use_voxels=False, interp_type=0)
+            for a in (fixed, moving))
+    out = ants.registration(f, m, type_of_transform="SyNRA", outprefix=str(tmp_path / "r"),
+                            reg_iterations=(40, 20, 0), verbose=False)
+    assert record == tuple((f"t{i}_{Path(p).name}", Path(p).read_bytes()) for i, p in enumerate(out["fwdtransforms"]))
 
 
 def test_the_transform_type_and_the_seed_decide_the_registration():
@@ -173,6 +189,11 @@ def test_the_warper_writes_each_transform_once_and_copies_a_label_under_the_iden
     first = warper.warp(moving_mask, "abc", record, (1.0, 1.0))
     assert sorted(p.name for p in (tmp_path / "abc").iterdir()) == sorted(NAMES)
     assert [(tmp_path / "abc" / n).read_bytes() for n, _ in record] == [d for _, d in record]
+    # ANTs' nearest-neighbour resampling of the label (no blending of 0 and 1 at the edge)
+    ref = ants.from_numpy(np.zeros(moving_mask.shape, np.float32))
+    nearest = ants.apply_transforms(ref, ants.from_numpy(moving_mask.astype(np.float32)),
+                                    [str(tmp_path / "abc" / n) for n, _ in record], interpolator="nearestNeighbor")
+    np.testing.assert_array_equal(first, nearest.numpy() > 0.5)
     # a key is materialised once: a second warp under it reuses the files it wrote
     other = register_pair(moving, fixed, (1.0, 1.0), _params())
     np.testing.assert_array_equal(warper.warp(moving_mask, "abc", other, (1.0, 1.0)), first)
@@ -205,6 +226,7 @@ def test_in_process_the_executor_runs_at_once_under_its_ants_seed(monkeypatch):
 
 
 def test_isolated_workers_are_fresh_spawned_processes_with_one_itk_thread_and_the_seed(monkeypatch):
+    _claim_cpus(monkeypatch, 4)
     monkeypatch.setenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
     monkeypatch.setenv("ANTS_RANDOM_SEED", "99")
     _INHERITED.append(1)  # a forked worker would inherit this; a spawned one imports the module afresh
@@ -215,7 +237,9 @@ def test_isolated_workers_are_fresh_spawned_processes_with_one_itk_thread_and_th
             assert multiprocessing.active_children() == []  # nothing started before the first submission
             state = pool.submit(_worker_state).result()
             record = pool.submit(register_task, (fixed, moving, (1.0, 1.0), params)).result()
-            assert len(multiprocessing.active_children()) == 1  # the pool holds ``workers`` processes
+            queued = [pool.submit(os.getpid) for _ in range(3)]
+            assert len(multiprocessing.active_children()) == 1  # ``workers`` processes, not one per CPU
+            assert {f.result() for f in queued} == {pid for pid, *_ in [state]}
         assert multiprocessing.active_children() == []  # and ends them on exit
     finally:
         _INHERITED.clear()
@@ -223,9 +247,19 @@ def test_isolated_workers_are_fresh_spawned_processes_with_one_itk_thread_and_th
     assert pid != os.getpid() and inherited == 0
     assert (threads, env_seed, seed) == ("1", "11", 11)
     assert [n for n, _ in record] == NAMES
-    # the same pair in another worker started with the same seed: the same transform
-    with RegistrationExecutor(PropagationConfig(), 1, 11) as pool:
+    # the same pair in another worker started with the same seed: the same transform; leaving
+    # the block on an error cancels what is still queued instead of running it
+    with pytest.raises(KeyError), RegistrationExecutor(PropagationConfig(), 1, 11) as pool:
         assert pool.submit(register_task, (fixed, moving, (1.0, 1.0), params)).result() == record
+        sleeps = [pool.submit(time.sleep, 1.0) for _ in range(5)]
+        raise KeyError("stop")
+    assert sleeps[-1].cancelled() and sum(f.cancelled() for f in sleeps) >= 3
+
+
+def _claim_cpus(monkeypatch, n: int) -> None:
+    """Make this process look like it has ``n`` CPUs (what a pool sized by the CPU count reads)."""
+    monkeypatch.setattr(os, "cpu_count", lambda: n)
+    monkeypatch.setattr(os, "process_cpu_count", lambda: n, raising=False)
 
 
 # --- the chain run with real transforms -----------------------------------------------------
@@ -274,9 +308,10 @@ def test_chains_warp_each_label_by_the_registration_of_its_own_slice_pair():
     np.testing.assert_array_equal(two.views["axial"].label, result.views["axial"].label)
 
 
-def test_an_isolated_run_holds_as_many_worker_processes_as_it_uses():
-    # One worker asked, on any machine: one spawned process registers (the pool is not sized
-    # by the CPU count), and the labels still follow the disc.
+def test_an_isolated_run_holds_as_many_worker_processes_as_it_uses(monkeypatch):
+    # Two workers asked on a machine that looks like it has 4 CPUs: two spawned processes
+    # register (the pool is not sized by the CPU count), and the labels still follow the disc.
+    _claim_cpus(monkeypatch, 4)
     image, mask = _drifting_disc()
     sparse = np.full(mask.shape, IGNORE, np.uint8)
     sparse[4] = mask[4]
@@ -284,9 +319,9 @@ def test_an_isolated_run_holds_as_many_worker_processes_as_it_uses():
     sparse[:, :, 0] = 0
     children: list[int] = []
     result = propagate(image, SparseAnnotation(Volume(sparse, image.spacing)),
-                       PropagationConfig(workers=1, crop=False, stop_at_extent=False),
+                       PropagationConfig(workers=2, crop=False, stop_at_extent=False),
                        progress=lambda f, m: children.append(len(multiprocessing.active_children())))
-    assert result.stats["workers"] == 1 and result.stats["registrations_run"] == 9
-    assert children[0] == 0 and set(children[1:-1]) == {1}  # none before the first registration
+    assert result.stats["workers"] == 2 and result.stats["registrations_run"] == 9
+    assert children[0] == 0 and max(children) == 2  # none before the first registration
     assert multiprocessing.active_children() == []
     assert min(dice(result.views["axial"].label[z], mask[z]) for z in range(10)) > 0.9

@@ -261,8 +261,8 @@ def test_parallel_workers_cancel_what_an_emptied_chain_no_longer_needs():
     st = two.stats
     assert st["workers"] == 2
     assert st["registrations_skipped"] > 0
-    assert st["registrations_run"] + st["registrations_skipped"] <= st["registrations_planned"]
-    assert st["registrations_run"] < st["registrations_planned"]
+    # every queued registration either ran or was cancelled, and each cancel is counted once
+    assert st["registrations_run"] + st["registrations_skipped"] == st["registrations_planned"]
     np.testing.assert_array_equal(two.fused, one.fused)
     for name in one.views:
         np.testing.assert_array_equal(two.views[name].label, one.views[name].label)
@@ -409,13 +409,17 @@ def test_bad_input_is_an_input_error():
         propagate(shifted, ann)
     nan = image.array.copy()
     nan[0, 0, 0] = np.nan
-    with pytest.raises(InputError, match="NaN"):
+    with pytest.raises(InputError, match="^the image has NaN or infinite voxels$"):
         propagate(image.with_array(nan), ann)
+    with pytest.raises(InputError, match="^image voxels must be numbers, got dtype complex64$"):
+        propagate(image.with_array(image.array.astype(np.complex64)), ann)
     empty = np.where(ann.array == 1, 0, ann.array).astype(np.uint8)
     with pytest.raises(InputError, match="no structure"):
         propagate(image, SparseAnnotation(label.with_array(empty)))
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="^image must be a rada.volume.Volume, got ndarray$"):
         propagate(image.array, ann)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="^annotation must be a rada.annotation.SparseAnnotation, got Volume$"):
+        propagate(image, label)  # type: ignore[arg-type]
     for bad in ({"transform": "Affine"}, {"resolution": "slow"}, {"workers": 0}, {"kernel": 4}, {"margin": -1},
                 {"percentiles": (50.0, 10.0)}, {"seed": -1}, {"start_method": "nope"}):
         with pytest.raises(InputError):

@@ -190,6 +190,24 @@ def test_the_crop_box_bounds_the_ranges_and_the_planes():
             np.testing.assert_array_equal(label, expected, err_msg=name)
 
 
+def test_without_the_crop_every_slice_of_the_volume_is_reached():
+    # The corner structure of the test above with crop=False: the box is the whole volume,
+    # and without the extent stop every slice takes its nearest seed, far outside the crop.
+    shape = (40, 24, 30)
+    axial = np.zeros((24, 30), bool)
+    axial[3:7, 2:8] = True
+    coronal = np.zeros((40, 30), bool)
+    coronal[5:12, 2:8] = True
+    sagittal = np.zeros((40, 24), bool)
+    sagittal[5:12, 3:7] = True
+    ann = _paint(shape, {8: axial}, {5: coronal}, {4: sagittal})
+    assert crop_box(ann, PLAIN.margin, 0.0, PLAIN.crop_quantum) != tuple(slice(0, n) for n in shape)
+    result = propagate(Volume(np.ones(shape, np.float32)), ann, PLAIN)
+    assert result.stats["box"] == [[0, n] for n in shape]
+    _check_views(result, ann, {name: (0, shape[AXIS_OF[name]]) for name in VIEW_NAMES})
+    assert result.views["axial"].label[39, 3, 2] == 1  # 31 slices beyond the seed, off the painted planes
+
+
 def test_every_warped_slice_is_opened_then_closed_by_the_kernel():
     # The seed carries a one-pixel spur and a one-pixel hole: after each step a 3x3 opening
     # removes the spur and the closing fills the hole. A two-pixel block in the slice's
@@ -346,13 +364,20 @@ def test_distance_is_measured_along_the_view_axis_only(axis):
         assert (sl == min(abs(i - s) for s in seeds)).all(), (name, i)
 
 
+#: What ``propagate`` reports in ``stats``, as its docstring lists it.
+STATS_KEYS = {"registrations_planned", "registrations_run", "registrations_cached", "registrations_skipped",
+              "identity_transforms", "workers", "transform", "resolution", "ranges", "box", "seconds"}
+
+
 def test_progress_counts_the_registrations_and_ends_at_one():
     image, ann = _noise_case()
     calls: list[tuple[float, str]] = []
     t0 = time.perf_counter()
     result = propagate(image, ann, KEYS, progress=lambda f, m: calls.append((f, m)))
     elapsed = time.perf_counter() - t0
-    assert 0 <= result.stats["seconds"] <= elapsed + 1e-3  # the call's own wall time, rounded to ms
+    seconds = result.stats["seconds"]
+    assert 0 <= seconds <= elapsed + 1e-3  # the call's own wall time, rounded to ms
+    assert isinstance(seconds, float) and seconds == round(seconds, 3)
     planned = result.stats["registrations_planned"]
     fractions = [f for f, _ in calls]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and calls[-1] == (1.0, "propagation done")
@@ -360,6 +385,7 @@ def test_progress_counts_the_registrations_and_ends_at_one():
     assert fractions[1:-1] == [k / planned for k in range(1, planned + 1)]
     assert all(m == "registering neighbouring slices" for _, m in calls[:-1])
     st = result.stats
+    assert set(st) == STATS_KEYS
     assert (st["transform"], st["resolution"], st["workers"]) == ("SyNRA", "full", 1)
     assert st["registrations_skipped"] == 0 and st["seconds"] >= 0
     cached = RegistrationCache()
@@ -393,10 +419,28 @@ def _vanishing_case() -> tuple[Volume, SparseAnnotation]:
 
 def test_a_chain_that_vanishes_skips_the_rest_of_its_registrations():
     image, ann = _vanishing_case()
-    st = propagate(image, ann, replace(KEYS, kernel=3)).stats
+    reports: list[tuple[float, str]] = []
+    st = propagate(image, ann, replace(KEYS, kernel=3), progress=lambda f, m: reports.append((f, m))).stats
     # every chain empties at its first step (a line one pixel thick under a 3x3 opening):
     # 6 first steps run; axial 3..11 (9), coronal and sagittal 4, 5 and 0 (3 each) are skipped
     assert (st["registrations_planned"], st["registrations_run"], st["registrations_skipped"]) == (21, 6, 15)
+    assert set(st) == STATS_KEYS
+    # a skipped registration counts as done: the last registration's report is the whole plan
+    assert reports[-2] == (1.0, "registering neighbouring slices") and reports[-1] == (1.0, "propagation done")
+    assert [f for f, _ in reports] == sorted(f for f, _ in reports)
+
+
+def test_progress_of_a_single_registration():
+    # A constant image whose coronal and sagittal planes are painted empty: the axial chains
+    # need one registration in all (every pair of slices is the same pair).
+    shape = (9, 6, 7)
+    square = np.zeros((6, 7), bool)
+    square[1:5, 1:6] = True
+    ann = _paint(shape, {4: square}, {0: np.zeros((9, 7), bool)}, {0: np.zeros((9, 6), bool)})
+    reports: list[float] = []
+    st = propagate(Volume(np.full(shape, 3.0, np.float32)), ann, PLAIN, progress=lambda f, m: reports.append(f)).stats
+    assert (st["registrations_planned"], st["registrations_run"]) == (1, 1)
+    assert reports == [0.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("case", ["two seeds", "noise", "vanishing"])
@@ -407,8 +451,10 @@ def test_several_workers_give_the_single_worker_result(case):
     image, ann = {"two seeds": _two_seed_case, "noise": _noise_case, "vanishing": _vanishing_case}[case]()
     cfg = replace(KEYS, kernel=3)
     one = propagate(image, ann, cfg)
-    calls: list[float] = []
-    two = propagate(image, ann, replace(cfg, workers=2), progress=lambda f, m: calls.append(f))
+    reports: list[tuple[float, str]] = []
+    two = propagate(image, ann, replace(cfg, workers=2), progress=lambda f, m: reports.append((f, m)))
+    calls = [f for f, _ in reports]
+    assert {m for _, m in reports[:-1]} == {"registering neighbouring slices"} and reports[-1] == (1.0, "propagation done")
     for name in VIEW_NAMES:
         np.testing.assert_array_equal(two.views[name].label, one.views[name].label, err_msg=name)
         np.testing.assert_array_equal(two.views[name].distance, one.views[name].distance)

@@ -132,12 +132,14 @@ def test_towards_an_empty_painted_slice_the_shape_ends_half_way(empty_side):
 def test_past_an_empty_last_slice_the_nearest_slice_that_shows_structure_is_extended():
     # Two balls one above the other (a pair along z). The axial slices paint the lower ball
     # and the gap above it ("nothing here"); the sagittal and coronal planes cut both balls.
-    # Past the empty slice the upper ball is still found, from the lower ball's slice.
+    # Past the empty slice the upper ball is still found, from the nearest slice that shows the
+    # lower ball (z = 12, not the smaller z = 8).
     pair = (_ellipsoid((48, 32, 32), (12, 16, 16), (7.0, 9.0, 9.0))
             | _ellipsoid((48, 32, 32), (34, 16, 16), (7.0, 9.0, 9.0)))
     sparse = SparseAnnotation.from_dense(Volume(pair.astype(np.uint8)),
-                                         {"axial": [12, 23], "coronal": [16], "sagittal": [16]})
+                                         {"axial": [8, 12, 23], "coronal": [16], "sagittal": [16]})
     warp = extent_matched_warp(sparse, 0)
+    assert warp.dtype == bool and warp.shape == pair.shape
     assert not warp[23].any()
     for t in (30, 34, 38):
         assert dice(warp[t], pair[t]) > 0.85, t
@@ -169,3 +171,27 @@ def test_an_axis_painted_only_empty_carries_no_shape():
     sparse = SparseAnnotation.from_dense(Volume(ball.astype(np.uint8)),
                                          {"axial": [20], "coronal": [20], "sagittal": [3]})
     assert set(shape_prior(sparse)) == {"axial", "coronal"}
+
+
+def test_an_axis_without_a_painted_slice_gets_an_empty_warp():
+    ball = _ellipsoid((30, 30, 30), (15, 15, 15), (8.0, 8.0, 8.0))
+    sparse = SparseAnnotation.from_dense(Volume(ball.astype(np.uint8)), {"axial": [15], "coronal": [15]})
+    warp = extent_matched_warp(sparse, 2)
+    assert warp.dtype == bool and warp.shape == ball.shape and not warp.any()
+
+
+def test_between_two_slices_a_source_that_says_nothing_there_leaves_it_to_the_other():
+    # The sagittal plane, 8 voxels off centre, misses the small discs near both poles but
+    # crosses the ball's centre. Between the pole slice (z = 10) and the centre (z = 20) the
+    # pole disc says nothing, so the centre slice alone gives the shape; between the two pole
+    # slices (z = 10 and 30, with no centre slice) neither says anything and nothing is made.
+    ball = _ellipsoid((40, 40, 40), (20, 20, 20), (12.0, 12.0, 12.0))
+    one_side = SparseAnnotation.from_dense(Volume(ball.astype(np.uint8)),
+                                           {"axial": [10, 20], "coronal": [20], "sagittal": [28]})
+    warp = extent_matched_warp(one_side, 0)
+    for t in (14, 16, 18):
+        assert dice(warp[t], ball[t]) > 0.8, t
+    poles = SparseAnnotation.from_dense(Volume(ball.astype(np.uint8)),
+                                        {"axial": [10, 30], "coronal": [20], "sagittal": [28]})
+    warp = extent_matched_warp(poles, 0)
+    assert not warp[13:28].any()

@@ -22,6 +22,12 @@ def _ellipsoid(shape: tuple[int, int, int], centre: tuple[int, int, int],
     return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
 
 
+def _pair_along_z() -> np.ndarray:
+    """Two balls one above the other in a 48 x 32 x 32 volume, with a gap at z = 20-26."""
+    return (_ellipsoid((48, 32, 32), (12, 16, 16), (7.0, 9.0, 9.0))
+            | _ellipsoid((48, 32, 32), (34, 16, 16), (7.0, 9.0, 9.0)))
+
+
 def _paint(mask: np.ndarray, axial: int, coronal: int, sagittal: int) -> SparseAnnotation:
     return SparseAnnotation.from_dense(Volume(mask.astype(np.uint8)),
                                        {"axial": [axial], "coronal": [coronal], "sagittal": [sagittal]})
@@ -132,10 +138,8 @@ def test_towards_an_empty_painted_slice_the_shape_ends_half_way(empty_side):
 def test_past_an_empty_last_slice_the_nearest_slice_that_shows_structure_is_extended():
     # Two balls one above the other (a pair along z). The axial slices paint the lower ball
     # and the gap above it ("nothing here"); the sagittal and coronal planes cut both balls.
-    # Past the empty slice the upper ball is still found, from the nearest slice that shows the
-    # lower ball (z = 12, not the smaller z = 8).
-    pair = (_ellipsoid((48, 32, 32), (12, 16, 16), (7.0, 9.0, 9.0))
-            | _ellipsoid((48, 32, 32), (34, 16, 16), (7.0, 9.0, 9.0)))
+    # Past the empty slice the upper ball is still found, from a slice that shows the lower one.
+    pair = _pair_along_z()
     sparse = SparseAnnotation.from_dense(Volume(pair.astype(np.uint8)),
                                          {"axial": [8, 12, 23], "coronal": [16], "sagittal": [16]})
     warp = extent_matched_warp(sparse, 0)
@@ -147,8 +151,7 @@ def test_past_an_empty_last_slice_the_nearest_slice_that_shows_structure_is_exte
 
 def test_between_two_empty_painted_slices_nothing_is_produced():
     # The gap of a pair painted twice as "nothing here": no slice between them gets a shape.
-    pair = (_ellipsoid((48, 32, 32), (12, 16, 16), (7.0, 9.0, 9.0))
-            | _ellipsoid((48, 32, 32), (34, 16, 16), (7.0, 9.0, 9.0)))
+    pair = _pair_along_z()
     sparse = SparseAnnotation.from_dense(Volume(pair.astype(np.uint8)),
                                          {"axial": [12, 21, 25], "coronal": [16], "sagittal": [16]})
     warp = extent_matched_warp(sparse, 0)

@@ -159,9 +159,8 @@ def test_ranges_stop_at_the_extent_seen_on_the_other_axes_plus_the_slack():
         _check_views(result, ann, ranges)
 
 
-def test_the_crop_box_bounds_the_ranges_and_the_planes():
-    # A structure near one corner of a larger volume: the box is the extent plus the margin,
-    # rounded outward to the quantum; nothing outside it is labeled except annotated voxels.
+def _corner_painting() -> tuple[tuple[int, int, int], SparseAnnotation]:
+    """A small structure near one corner of a 40 x 24 x 30 volume, one painted slice per axis."""
     shape = (40, 24, 30)
     axial = np.zeros((24, 30), bool)
     axial[3:7, 2:8] = True
@@ -169,7 +168,13 @@ def test_the_crop_box_bounds_the_ranges_and_the_planes():
     coronal[5:12, 2:8] = True
     sagittal = np.zeros((40, 24), bool)
     sagittal[5:12, 3:7] = True
-    ann = _paint(shape, {8: axial}, {5: coronal}, {4: sagittal})
+    return shape, _paint(shape, {8: axial}, {5: coronal}, {4: sagittal})
+
+
+def test_the_crop_box_bounds_the_ranges_and_the_planes():
+    # A structure near one corner of a larger volume: the box is the extent plus the margin,
+    # rounded outward to the quantum; nothing outside it is labeled except annotated voxels.
+    shape, ann = _corner_painting()
     image = Volume(np.ones(shape, np.float32))
     for margin, quantum in ((2, 1), (3, 8)):
         cfg = PropagationConfig(workers=1, isolate=False, kernel=0, stop_at_extent=False, margin=margin,
@@ -193,14 +198,7 @@ def test_the_crop_box_bounds_the_ranges_and_the_planes():
 def test_without_the_crop_every_slice_of_the_volume_is_reached():
     # The corner structure of the test above with crop=False: the box is the whole volume,
     # and without the extent stop every slice takes its nearest seed, far outside the crop.
-    shape = (40, 24, 30)
-    axial = np.zeros((24, 30), bool)
-    axial[3:7, 2:8] = True
-    coronal = np.zeros((40, 30), bool)
-    coronal[5:12, 2:8] = True
-    sagittal = np.zeros((40, 24), bool)
-    sagittal[5:12, 3:7] = True
-    ann = _paint(shape, {8: axial}, {5: coronal}, {4: sagittal})
+    shape, ann = _corner_painting()
     assert crop_box(ann, PLAIN.margin, 0.0, PLAIN.crop_quantum) != tuple(slice(0, n) for n in shape)
     result = propagate(Volume(np.ones(shape, np.float32)), ann, PLAIN)
     assert result.stats["box"] == [[0, n] for n in shape]

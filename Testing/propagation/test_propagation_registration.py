@@ -314,10 +314,15 @@ def test_chains_warp_each_label_by_the_registration_of_its_own_slice_pair(tmp_pa
     again = propagate(image, ann, cfg, cache=cache)
     assert (again.stats["registrations_cached"], again.stats["registrations_run"]) == (9, 0)
     np.testing.assert_array_equal(again.views["axial"].label, result.views["axial"].label)
-    # two workers (nearest steps first across the chains) warp by the same transforms
+    # two workers (nearest steps first across the chains) register the same pairs. Each worker
+    # runs ITK on one thread and this process may run it on more, and ANTs' sampled metric then
+    # differs in the last digits: the labels agree to a few boundary voxels, not bit for bit.
     two = propagate(image, ann, replace(cfg, workers=2))
     assert two.stats["workers"] == 2
-    np.testing.assert_array_equal(two.views["axial"].label, result.views["axial"].label)
+    two_axial = two.views["axial"].label.astype(bool)
+    assert dice(two_axial, axial) > 0.99
+    for z in range(10):
+        assert dice(two_axial[z], mask[z]) > 0.94, z
 
 
 def test_an_isolated_run_holds_as_many_worker_processes_as_it_uses(monkeypatch):

@@ -108,21 +108,25 @@ def _fit_map(pairs: list[tuple[tuple[int, int], tuple[int, int]]]) -> tuple[floa
     return float(scale), float(shift)
 
 
-def _line_intervals(vol: np.ndarray, t: int, s: int, along: int, planes: list[int],
+def _target_intervals(vol: np.ndarray, t: int, along: int, planes: list[int]) -> list[tuple[int, tuple[int, int] | None]]:
+    """Foreground interval of target slice ``t`` along in-plane axis ``along`` (1 or 2) on each painted plane."""
+    return [(i, _interval(vol[t, :, i] if along == 1 else vol[t, i, :])) for i in planes]
+
+
+def _line_intervals(vol: np.ndarray, targets: list[tuple[int, tuple[int, int] | None]], s: int, along: int,
                     read_at: tuple[float, float]) -> tuple[list[tuple[tuple[int, int], tuple[int, int]]], bool]:
     """Matched (target, source) foreground intervals along in-plane axis ``along`` (1 or 2).
 
-    The target's line lies on each painted plane ``i``; the source is read on the line
-    that the other in-plane map sends to ``i`` (``read_at``: scale, shift), because that is
-    the source line the warp will put there. Also says whether either slice shows anything.
+    ``targets`` holds the target's interval on each painted plane ``i``
+    (:func:`_target_intervals`); the source is read on the line that the other in-plane map
+    sends to ``i`` (``read_at``: scale, shift), because that is the source line the warp
+    will put there. Also says whether either slice shows anything.
     """
     n_other = vol.shape[2 if along == 1 else 1]
     pairs, seen = [], False
-    for i in planes:
+    for i, it in targets:
         j = min(max(int(round(read_at[0] * i + read_at[1])), 0), n_other - 1)
-        line_t = vol[t, :, i] if along == 1 else vol[t, i, :]
-        line_s = vol[s, :, j] if along == 1 else vol[s, j, :]
-        it, is_ = _interval(line_t), _interval(line_s)
+        is_ = _interval(vol[s, :, j] if along == 1 else vol[s, j, :])
         seen = seen or it is not None or is_ is not None
         if it is not None and is_ is not None:
             pairs.append((it, is_))
@@ -140,10 +144,12 @@ def _fit_maps(vol: np.ndarray, t: int, s: int, planes_b: list[int], planes_c: li
     """
     maps: list[tuple[float, float] | None] = [None, None]
     read = [(1.0, 0.0), (1.0, 0.0)]  # where the source lines are read: identity first
+    # The target's lines stay put between rounds; only where the source is read moves.
+    targets = {1: _target_intervals(vol, t, 1, planes_c), 2: _target_intervals(vol, t, 2, planes_b)}
     for _ in range(1 + rounds):
         fitted = []
-        for along, planes, at in ((1, planes_c, read[1]), (2, planes_b, read[0])):
-            pairs, seen = _line_intervals(vol, t, s, along, planes, at)
+        for along, at in ((1, read[1]), (2, read[0])):
+            pairs, seen = _line_intervals(vol, targets[along], s, along, at)
             # Planes that cross neither slice's structure (e.g. only an empty painted plane)
             # say nothing about this direction: keep the source as it is along it.
             fitted.append(_fit_map(pairs) if seen else (1.0, 0.0))

@@ -198,3 +198,21 @@ def test_between_two_slices_a_source_that_says_nothing_there_leaves_it_to_the_ot
                                         {"axial": [10, 30], "coronal": [20], "sagittal": [28]})
     warp = extent_matched_warp(poles, 0)
     assert not warp[13:28].any()
+
+
+def test_towards_an_empty_slice_an_anisotropic_plane_shrinks_alike_in_millimetres():
+    # Voxels of 1 x 3 mm in the axial plane: a painted 24 x 24 mm square (24 x 8 voxels) and
+    # "nothing here" 8 slices above it. The signed distances are in mm, so on the way up the
+    # square loses the same millimetres on both sides and stays (nearly) square; in voxels, or
+    # with the two spacings swapped, it would shrink along y alone or hardly at all.
+    square = np.zeros((16, 40, 16), bool)
+    square[2, 8:32, 4:12] = True
+    sparse = SparseAnnotation.from_dense(Volume(square.astype(np.uint8)), {"axial": [2, 10]})
+    warp = shape_prior(sparse, spacing_zyx=(1.0, 1.0, 3.0))["axial"]
+    for t in (4, 5):
+        ys, xs = np.nonzero(warp[t])
+        assert ys.size, t
+        height_mm, width_mm = float(np.ptp(ys) + 1), 3.0 * (np.ptp(xs) + 1)
+        assert height_mm < 24 and width_mm < 24, (t, height_mm, width_mm)
+        assert abs(height_mm - width_mm) <= 3.0, (t, height_mm, width_mm)
+    assert not warp[6:11].any()  # gone half way to the empty slice, and up to it

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from rada.annotation import SparseAnnotation, protocol_slices
-from rada.growcut import GrowCutConfig, grow_from_seeds, growcut_logit, refine_uncertain
+from rada.growcut import GrowCutConfig, grow_from_seeds, growcut_logit, path_cost_margin, refine_uncertain
 from rada.io import read_volume
 from rada.metrics import dice
 from rada.pipeline import segment_case
@@ -53,6 +53,49 @@ def test_without_seeds_of_one_label_the_other_takes_everything():
     assert not grow_from_seeds(image, seeds, seeds).any()  # background wins where both are set
 
 
+def test_the_margin_is_the_difference_of_the_two_least_path_costs():
+    # A uniform row: each step costs only tie_cost, so the margin at x is the difference of
+    # the step counts to the two seeds (x = 2 and x = 12), times tie_cost: 0 half way.
+    image = np.zeros((1, 1, 15), np.float32)
+    fg, bg = np.zeros(image.shape, bool), np.zeros(image.shape, bool)
+    fg[..., 2], bg[..., 12] = True, True
+    margin = path_cost_margin(image, fg, bg, tie_cost=1.0)
+    np.testing.assert_allclose(margin[0, 0, 3:12], [(12 - x) - abs(x - 2) for x in range(3, 12)])
+    np.testing.assert_allclose(margin[0, 0, :2], [10.0, 10.0])  # behind the structure seed
+    assert margin[0, 0, 2] == np.inf and margin[0, 0, 12] == -np.inf
+    assert margin[0, 0, 13:].tolist() == [-10.0, -10.0]
+    # an intensity step on the way adds its height to the cost of crossing it
+    image[..., 9:] = 0.5
+    stepped = path_cost_margin(image, fg, bg, tie_cost=1e-4)
+    assert stepped[0, 0, 5] == pytest.approx(0.5, abs=1e-3) and stepped[0, 0, 10] == pytest.approx(-0.5, abs=1e-3)
+    # its sign is grow_from_seeds' answer on random images
+    rng = np.random.default_rng(3)
+    noisy = rng.random((6, 7, 8)).astype(np.float32)
+    fg, bg = rng.random(noisy.shape) < 0.03, rng.random(noisy.shape) < 0.03
+    np.testing.assert_array_equal(path_cost_margin(noisy, fg, bg) > 0, grow_from_seeds(noisy, fg, bg))
+
+
+def test_the_vote_fades_where_structure_and_background_nearly_tie():
+    # A uniform image: the two seeds reach the voxels between them at nearly the same cost,
+    # so with softness the vote there is small; the hard winner votes a full +1 or -1.
+    image = np.zeros((4, 4, 21), np.float32)
+    labels = np.full(image.shape, 255, np.uint8)
+    labels[..., 0] = 1
+    labels[..., 20] = 0
+    region = np.ones(image.shape, bool)
+    hard = growcut_logit(image, _annotation(labels), region, GrowCutConfig(max_voxels=0, softness=0.0))
+    soft = growcut_logit(image, _annotation(labels), region, GrowCutConfig(max_voxels=0, tie_cost=1e-4,
+                                                                          softness=0.03))
+    assert set(np.unique(hard)) == {-1.0, 1.0}
+    assert (soft[..., 1:10] > 0).all() and (soft[..., 11:20] < 0).all() and (soft[..., 10] == 0).all()
+    assert (np.abs(soft[..., 1:20]) < 0.1).all()  # 19 steps of 1e-4 never reach 0.03
+    assert (soft[..., 0] == 1.0).all() and (soft[..., 20] == -1.0).all()
+    # across a real edge the vote is full: the background pays the step to get in
+    image[..., :10] = 1.0
+    edge = growcut_logit(image, _annotation(labels), region, GrowCutConfig(max_voxels=0, softness=0.03))
+    assert (edge[..., 1:10] == 1.0).all() and (edge[..., 10:20] == -1.0).all()
+
+
 def _bar_case(length: int = 60):
     """A bright bar along x, painted on one axial and one sagittal plane near its start."""
     shape = (20, 20, length)
@@ -71,7 +114,7 @@ def test_the_image_competition_stays_within_the_margin_around_the_shape_evidence
     annotation = _annotation(labels)
     shape = np.zeros(image.shape, bool)
     shape[8:12, 8:12, :20] = True  # the shape evidence covers the bar's first 20 voxels only
-    cfg = GrowCutConfig(region_margin=6, max_voxels=0)
+    cfg = GrowCutConfig(region_margin=6, max_voxels=0, softness=0.0)
     logit = growcut_logit(image, annotation, shape, cfg)
     inside = logit > 0
     bar = image > 0

@@ -42,7 +42,7 @@ class FusionConfig:
         prior_weight: weight of the shape prior's log-odds (0.2-1.0 measured on dev).
         appearance_weight: weight of the per-case classifier's log-odds.
         appearance_clip: probability clip of the classifier before its log-odds.
-        growcut_weight: weight of the image competition's ``+1``/``-1`` (``rada.growcut``).
+        growcut_weight: weight of the image competition's vote in ``[-1, 1]`` (``rada.growcut``).
         intensity_weight: weight of the histogram log-likelihood ratio (the old appearance).
         histogram_bins: bins of that histogram.
         logit_sigma: smoothing of the summed log-odds, in voxels (0: thin parts survive).
@@ -57,7 +57,7 @@ class FusionConfig:
     prior_weight: float = 0.3       # weight of the shape prior's log-odds (0.2-1.0 measured on dev)
     appearance_weight: float = 1.0  # weight of the per-case classifier's log-odds
     appearance_clip: float = 0.02
-    growcut_weight: float = 0.75    # weight of the image competition's +1/-1 (rada.growcut)
+    growcut_weight: float = 0.75    # weight of the image competition's vote in [-1, 1] (rada.growcut)
     intensity_weight: float = 0.0   # weight of the histogram log-likelihood ratio (the old appearance)
     histogram_bins: int = 32
     logit_sigma: float = 0.0        # voxels: smoothing of the summed log-odds (0: thin parts survive)

@@ -11,7 +11,8 @@ Two uses, one algorithm (:func:`grow_from_seeds`, shortest paths with
 
 * :func:`growcut_logit`: evidence for the fusion. The painted structure and the painted
   background compete on the image inside a region around the shape evidence (everything
-  outside it is background), and the winner gives a log-odds of ``+1`` or ``-1``.
+  outside it is background). The winner votes ``+1`` or ``-1``, less where the two labels
+  reach a voxel at nearly the same cost (:func:`path_cost_margin`).
 * :func:`refine_uncertain`: the last step of the fusion. Voxels whose fused probability is
   confident keep their label; the uncertain band between them is decided by the same
   competition on the probability map, so the boundary lands where the evidence changes
@@ -49,12 +50,18 @@ class GrowCutConfig:
             structures; at 1.5 M (which coarsens only the left-atrium crops, 2-3 M voxels,
             by a factor of about 1.2) the peers means are unchanged to the third decimal and
             the slowest LA case went from 5.2 s to under 4 s.
+        softness: the vote is the difference of the two labels' least path costs (in the
+            scaled intensity of ``percentiles``) over ``softness``, clipped to ``[-1, 1]``: a
+            voxel that both labels reach at nearly the same cost votes little either way.
+            ``0``: the winner's hard ``+1`` / ``-1``. Chosen on the dev split (0.02-0.05
+            measured; 0.03 raised the LA means by 0.002 / 0.005 / 0.007 at k = 1 / 2 / 3).
     """
 
     region_margin: int = 12
     percentiles: tuple[float, float] = (1.0, 99.0)
     tie_cost: float = 1e-4
     max_voxels: int = 1_500_000
+    softness: float = 0.03
 
 
 def grow_from_seeds(intensity: np.ndarray, structure: np.ndarray, background: np.ndarray,
@@ -80,6 +87,60 @@ def grow_from_seeds(intensity: np.ndarray, structure: np.ndarray, background: np
     free = ~(structure | background)
     if not free.any():
         return structure.copy()
+    graph, nodes, index = _seed_graph(intensity, free, tie_cost)
+    seeds = np.concatenate([index[structure & (index >= 0)], index[background & (index >= 0)]])
+    _, _, source = dijkstra(graph, directed=False, indices=seeds, min_only=True, return_predecessors=True)
+    out = structure.copy()
+    won = np.zeros(nodes.size, bool)
+    reached = source >= 0
+    won[reached] = structure.flat[nodes[source[reached]]]
+    free_nodes = free.flat[nodes]
+    out.flat[nodes[free_nodes]] = won[free_nodes]
+    return out
+
+
+def path_cost_margin(intensity: np.ndarray, structure: np.ndarray, background: np.ndarray,
+                     tie_cost: float = 1e-4) -> np.ndarray:
+    """How much cheaper the structure seeds reach each voxel than the background seeds do.
+
+    The same paths as :func:`grow_from_seeds`, but both least costs are kept: the margin is
+    ``cost(background) - cost(structure)``, positive where the structure wins (its sign is
+    :func:`grow_from_seeds`'s answer) and near 0 where the two labels tie.
+
+    Args:
+        intensity: float ``[z, y, x]``.
+        structure: bool seeds of the structure.
+        background: bool seeds of the background (wins where both are set).
+        tie_cost: cost per step on top of the intensity change.
+
+    Returns:
+        float32 ``[z, y, x]``: ``+inf`` on structure seeds and where only the structure is
+        reachable, ``-inf`` on background seeds and where the structure is not reachable.
+    """
+    structure = np.asarray(structure, bool) & ~np.asarray(background, bool)
+    background = np.asarray(background, bool)
+    out = np.where(structure, np.inf, -np.inf).astype(np.float32)
+    free = ~(structure | background)
+    if not structure.any() or not free.any():
+        return out
+    graph, nodes, index = _seed_graph(intensity, free, tie_cost)
+    costs = [dijkstra(graph, directed=False, indices=index[seeds & (index >= 0)], min_only=True)
+             if seeds.any() else np.full(nodes.size, np.inf) for seeds in (structure, background)]
+    # Every free voxel borders a seed through its component, so one cost at least is finite.
+    margin = (costs[1] - costs[0]).astype(np.float32)
+    free_nodes = free.flat[nodes]
+    out.flat[nodes[free_nodes]] = margin[free_nodes]
+    return out
+
+
+def _seed_graph(intensity: np.ndarray, free: np.ndarray,
+                tie_cost: float) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
+    """The face-neighbour graph of the free voxels and the seeds that touch them.
+
+    Returns:
+        (sparse graph with ``|I(p) - I(q)| + tie_cost`` per edge, flat voxel index of each
+        node, node index per voxel or -1).
+    """
     # Only free voxels and the seeds touching them take part in the search.
     nodes_mask = ndimage.binary_dilation(free) | free
     index = np.full(intensity.shape, -1, np.int64)
@@ -97,20 +158,12 @@ def grow_from_seeds(intensity: np.ndarray, structure: np.ndarray, background: np
         weights.append(np.abs(value[a][edge] - value[b][edge]) + tie_cost)
     graph = sparse.csr_matrix((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))),
                               shape=(nodes.size, nodes.size))
-    seeds = np.concatenate([index[structure & nodes_mask], index[background & nodes_mask]])
-    _, _, source = dijkstra(graph, directed=False, indices=seeds, min_only=True, return_predecessors=True)
-    out = structure.copy()
-    won = np.zeros(nodes.size, bool)
-    reached = source >= 0
-    won[reached] = structure.flat[nodes[source[reached]]]
-    free_nodes = free.flat[nodes]
-    out.flat[nodes[free_nodes]] = won[free_nodes]
-    return out
+    return graph, nodes, index
 
 
 def growcut_logit(image: np.ndarray, annotation: SparseAnnotation, shape_evidence: np.ndarray,
                   config: GrowCutConfig = GrowCutConfig()) -> np.ndarray:
-    """Log-odds ``+1`` / ``-1`` from the competition of painted structure and background.
+    """Log-odds in ``[-1, 1]`` from the competition of painted structure and background.
 
     Args:
         image: the working crop ``[z, y, x]``.
@@ -121,8 +174,10 @@ def growcut_logit(image: np.ndarray, annotation: SparseAnnotation, shape_evidenc
         config: region and scaling.
 
     Returns:
-        float32 ``[z, y, x]``: ``+1`` where the painted structure wins, ``-1`` elsewhere
-        (everywhere ``-1`` when no structure is painted on the crop).
+        float32 ``[z, y, x]`` in ``[-1, 1]``: ``+1`` where the painted structure wins by at
+        least ``config.softness`` of path cost, ``-1`` where the background does, in between
+        where they nearly tie (only ``+1`` / ``-1`` with ``softness = 0``); everywhere ``-1``
+        when no structure is painted on the crop.
     """
     known, fg = annotation.known(), annotation.foreground()
     structure = known & fg
@@ -135,16 +190,23 @@ def growcut_logit(image: np.ndarray, annotation: SparseAnnotation, shape_evidenc
     background = (known & ~fg) | (~region & ~structure)
     factor = (img.size / config.max_voxels) ** (1 / 3) if config.max_voxels else 1.0
     if factor <= 1.0:
-        won = grow_from_seeds(scaled, structure, background, config.tie_cost)
-        return np.where(won, 1.0, -1.0).astype(np.float32)
+        return _vote(scaled, structure, background, config)
     coarse = tuple(max(2, int(round(n / factor))) for n in img.shape)
     zoom = np.asarray(coarse, float) / np.asarray(img.shape, float)
     structure_c, background_c = _coarse_seeds(structure, coarse), _coarse_seeds(background, coarse)
     both = structure_c & background_c  # a painted boundary collapsed onto one coarse voxel: no vote
-    won = grow_from_seeds(ndimage.zoom(scaled, zoom, order=1, grid_mode=True, mode="nearest"), structure_c & ~both,
-                          background_c & ~both, config.tie_cost)
+    vote = _vote(ndimage.zoom(scaled, zoom, order=1, grid_mode=True, mode="nearest"), structure_c & ~both,
+                 background_c & ~both, config)
     back = tuple(_coarse_index(n, c) for n, c in zip(img.shape, coarse))
-    return np.where(won[np.ix_(*back)], 1.0, -1.0).astype(np.float32)
+    return vote[np.ix_(*back)]
+
+
+def _vote(scaled: np.ndarray, structure: np.ndarray, background: np.ndarray, config: GrowCutConfig) -> np.ndarray:
+    """The competition's ``[-1, 1]`` vote: the path-cost margin over ``softness``, or the hard winner."""
+    if config.softness > 0:
+        margin = path_cost_margin(scaled, structure, background, config.tie_cost)
+        return np.clip(margin / np.float32(config.softness), -1.0, 1.0).astype(np.float32)
+    return np.where(grow_from_seeds(scaled, structure, background, config.tie_cost), 1.0, -1.0).astype(np.float32)
 
 
 def _coarse_index(n: int, c: int) -> np.ndarray:

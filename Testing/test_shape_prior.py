@@ -216,3 +216,25 @@ def test_towards_an_empty_slice_an_anisotropic_plane_shrinks_alike_in_millimetre
         assert height_mm < 24 and width_mm < 24, (t, height_mm, width_mm)
         assert abs(height_mm - width_mm) <= 3.0, (t, height_mm, width_mm)
     assert not warp[6:11].any()  # gone half way to the empty slice, and up to it
+
+
+def test_a_cross_section_that_slips_between_two_planes_keeps_the_source_along_them():
+    # A ball painted through its centre, with two sagittal planes 8 voxels either side of it.
+    # Near the pole (z = 30, radius 6.6) the cross-section slips between them: they show the
+    # source but miss the target, while the coronal plane through the centre matches the two.
+    # The structure is there, so the slice is not left empty: it is narrowed along x as the
+    # coronal plane says and keeps the source's extent along y, which no plane measures there.
+    ball = _ellipsoid((40, 40, 40), (20, 20, 20), (12.0, 12.0, 12.0))
+    sparse = SparseAnnotation.from_dense(Volume(ball.astype(np.uint8)),
+                                         {"axial": [20], "coronal": [20], "sagittal": [12, 28]})
+    warp = extent_matched_warp(sparse, 0)
+    for t in (30, 31):
+        truth = ball[t]
+        assert (warp[t] & truth).sum() / truth.sum() > 0.85, t
+        xs, ys = np.nonzero(truth.any(axis=0))[0], np.nonzero(warp[t].any(axis=1))[0]
+        assert set(np.nonzero(warp[t].any(axis=0))[0]) <= set(range(xs[0] - 1, xs[-1] + 2)), t
+        assert ys[0] == np.nonzero(ball[20].any(axis=1))[0][0], t  # y as the source slice
+    # The one-voxel tip (z = 32) gives the coronal plane a position but no width: no size to
+    # keep the source at, so it is not blown up to the source's whole disc.
+    assert ball[32].sum() == 1 and warp[32].sum() <= 1
+    assert not warp[33:].any()  # past the ball, the coronal plane shows nothing: no shape

@@ -141,18 +141,30 @@ def _fit_maps(vol: np.ndarray, t: int, s: int, planes_b: list[int], planes_c: li
     The first fit reads the source on the same lines as the target; each further round
     reads it where the other map sends those lines (a wide target slice maps a plane's line
     onto another line of a narrow source), so that the two maps agree with each other.
+    A direction whose planes show the source but miss the target keeps the source as it is
+    when the other direction matched; with neither matched both maps are None.
     """
     maps: list[tuple[float, float] | None] = [None, None]
     read = [(1.0, 0.0), (1.0, 0.0)]  # where the source lines are read: identity first
     # The target's lines stay put between rounds; only where the source is read moves.
     targets = {1: _target_intervals(vol, t, 1, planes_c), 2: _target_intervals(vol, t, 2, planes_b)}
-    for _ in range(1 + rounds):
-        fitted = []
+    for round_ in range(1 + rounds):
+        fitted, matched = [], []
         for along, at in ((1, read[1]), (2, read[0])):
             pairs, seen = _line_intervals(vol, targets[along], s, along, at)
             # Planes that cross neither slice's structure (e.g. only an empty painted plane)
             # say nothing about this direction: keep the source as it is along it.
             fitted.append(_fit_map(pairs) if seen else (1.0, 0.0))
+            # matched with a measurable extent (a one-voxel tip defines a shift, not a size)
+            matched.append(len({v for t_iv, _ in pairs for v in t_iv}) > 1)
+        if round_ == 0 and matched[0] != matched[1]:
+            # One direction matched, so the structure is at t. If the other direction's planes
+            # show the source but miss the target, the target's narrower cross-section slips
+            # between them and its extent along it is unknown: keep the source as it is there.
+            # (Planes that miss the source but show the target leave t to the other source.)
+            lost = 0 if matched[1] else 1
+            if fitted[lost] is None and not any(it is not None for _, it in targets[lost + 1]):
+                fitted[lost] = (1.0, 0.0)
         if fitted[0] is None or fitted[1] is None:
             break  # keep the last consistent pair (None on the first round)
         maps = fitted

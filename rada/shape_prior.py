@@ -82,6 +82,14 @@ def _signed_distance(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarr
     return (inside - outside).astype(np.float32)
 
 
+def _box_with_ring(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """The 2D mask's bounding box grown by one pixel where the slice allows; None if empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return None
+    return (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
+
+
 def _bracket(indices: list[int], t: int) -> tuple[int, int]:
     """The painted slices just below and above ``t`` (the same one twice outside their range)."""
     below = [s for s in indices if s <= t]
@@ -243,6 +251,12 @@ def extent_matched_warp(annotation: SparseAnnotation, axis: int,
             out[t] = min(known, key=lambda x: x[0])[1] if known else False
             continue
         w = (hi - t) / (hi - lo)
+        # Outside both masks both distances are negative, so only their bounding box (plus a
+        # ring of background that keeps every distance inside it exact) needs them.
+        box = _box_with_ring(m_lo | m_hi)
+        if box is None:
+            continue
+        m_lo, m_hi = m_lo[box], m_hi[box]
         d_lo, d_hi = _signed_distance(m_lo, plane_spacing), _signed_distance(m_hi, plane_spacing)
         # Towards an empty painted slice the shape shrinks to nothing about half way: its
         # distance is the other slice's depth, mirrored.
@@ -250,7 +264,7 @@ def extent_matched_warp(annotation: SparseAnnotation, axis: int,
             d_lo = np.full_like(d_lo, -max(float(d_hi.max()), min(plane_spacing)))
         if not m_hi.any() and m_lo.any():
             d_hi = np.full_like(d_hi, -max(float(d_lo.max()), min(plane_spacing)))
-        out[t] = (w * d_lo + (1 - w) * d_hi) > 0
+        out[t][box] = (w * d_lo + (1 - w) * d_hi) > 0
     return np.transpose(out, np.argsort((axis, b, c)))
 
 

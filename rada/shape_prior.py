@@ -116,7 +116,8 @@ def _fit_map(pairs: list[tuple[tuple[int, int], tuple[int, int]]]) -> tuple[floa
     return float(scale), float(shift)
 
 
-def _target_intervals(vol: np.ndarray, t: int, along: int, planes: list[int]) -> list[tuple[int, tuple[int, int] | None]]:
+def _target_intervals(vol: np.ndarray, t: int, along: int,
+                      planes: list[int]) -> list[tuple[int, tuple[int, int] | None]]:
     """Foreground interval of target slice ``t`` along in-plane axis ``along`` (1 or 2) on each painted plane."""
     return [(i, _interval(vol[t, :, i] if along == 1 else vol[t, i, :])) for i in planes]
 

@@ -72,7 +72,22 @@ def test_the_margin_is_the_difference_of_the_two_least_path_costs():
     rng = np.random.default_rng(3)
     noisy = rng.random((6, 7, 8)).astype(np.float32)
     fg, bg = rng.random(noisy.shape) < 0.03, rng.random(noisy.shape) < 0.03
-    np.testing.assert_array_equal(path_cost_margin(noisy, fg, bg) > 0, grow_from_seeds(noisy, fg, bg))
+    margin = path_cost_margin(noisy, fg, bg)
+    assert margin.dtype == np.float32
+    np.testing.assert_array_equal(margin > 0, grow_from_seeds(noisy, fg, bg))
+    # 0/1 masks of another dtype (a painted label map) mean the same as bool ones
+    np.testing.assert_array_equal(path_cost_margin(noisy, fg.astype(np.uint8), bg.astype(np.uint8)), margin)
+
+
+def test_the_margin_without_one_label_or_without_free_voxels():
+    image = np.random.default_rng(4).random((4, 5, 6)).astype(np.float32)
+    seeds = np.zeros(image.shape, bool)
+    seeds[1, 2, 3] = True
+    assert (path_cost_margin(image, seeds, np.zeros_like(seeds)) == np.inf).all()  # structure only
+    assert (path_cost_margin(image, np.zeros_like(seeds), seeds) == -np.inf).all()  # background only
+    half = np.zeros(image.shape, bool)
+    half[:2] = True  # everything painted: no voxel left to decide
+    np.testing.assert_array_equal(path_cost_margin(image, half, ~half), np.where(half, np.inf, -np.inf))
 
 
 def test_the_vote_fades_where_structure_and_background_nearly_tie():
@@ -90,6 +105,11 @@ def test_the_vote_fades_where_structure_and_background_nearly_tie():
     assert (soft[..., 1:10] > 0).all() and (soft[..., 11:20] < 0).all() and (soft[..., 10] == 0).all()
     assert (np.abs(soft[..., 1:20]) < 0.1).all()  # 19 steps of 1e-4 never reach 0.03
     assert (soft[..., 0] == 1.0).all() and (soft[..., 20] == -1.0).all()
+    assert soft.dtype == hard.dtype == np.float32
+    # the configured cost per step counts: at 0.01 a step, 18 steps of difference are a full vote
+    steep = growcut_logit(image, _annotation(labels), region, GrowCutConfig(max_voxels=0, tie_cost=0.01,
+                                                                           softness=0.03))
+    assert (steep[..., 1] == 1.0).all() and (steep[..., 19] == -1.0).all() and (steep[..., 10] == 0).all()
     # across a real edge the vote is full: the background pays the step to get in
     image[..., :10] = 1.0
     edge = growcut_logit(image, _annotation(labels), region, GrowCutConfig(max_voxels=0, softness=0.03))

@@ -238,3 +238,18 @@ def test_a_cross_section_that_slips_between_two_planes_keeps_the_source_along_th
     # keep the source at, so it is not blown up to the source's whole disc.
     assert ball[32].sum() == 1 and warp[32].sum() <= 1
     assert not warp[33:].any()  # past the ball, the coronal plane shows nothing: no shape
+
+
+def test_between_two_equal_painted_slices_every_slice_is_that_mask_up_to_the_border():
+    # The same mask painted twice on one axis, touching the slice's border on two sides: every
+    # slice between them blends two equal signed distances and is that mask again, exactly,
+    # border rows and columns included.
+    mask = np.zeros((24, 20), bool)
+    mask[0:9, 0:6] = True
+    mask[5:17, 4:12] = True
+    vol = np.zeros((12, 24, 20), bool)
+    vol[2] = vol[9] = mask
+    sparse = SparseAnnotation.from_dense(Volume(vol.astype(np.uint8)), {"axial": [2, 9]})
+    warp = extent_matched_warp(sparse, 0)
+    for t in range(2, 10):
+        np.testing.assert_array_equal(warp[t], mask, err_msg=str(t))

@@ -218,26 +218,31 @@ def test_towards_an_empty_slice_an_anisotropic_plane_shrinks_alike_in_millimetre
     assert not warp[6:11].any()  # gone half way to the empty slice, and up to it
 
 
-def test_a_cross_section_that_slips_between_two_planes_keeps_the_source_along_them():
-    # A ball painted through its centre, with two sagittal planes 8 voxels either side of it.
-    # Near the pole (z = 30, radius 6.6) the cross-section slips between them: they show the
-    # source but miss the target, while the coronal plane through the centre matches the two.
-    # The structure is there, so the slice is not left empty: it is narrowed along x as the
-    # coronal plane says and keeps the source's extent along y, which no plane measures there.
+@pytest.mark.parametrize("planes", ["sagittal", "coronal"])
+def test_a_cross_section_that_slips_between_two_planes_keeps_the_source_along_them(planes):
+    # A ball painted through its centre, with two planes 8 voxels either side of it (sagittal
+    # or coronal, so that either in-plane direction is the one they miss). Near the pole
+    # (z = 30, radius 6.6) the cross-section slips between them: they show the source but miss
+    # the target, while the plane of the other direction, through the centre, matches the two.
+    # The structure is there, so the slice is not left empty: it is narrowed along the
+    # direction that plane measures and keeps the source's extent along the other one.
     ball = _ellipsoid((40, 40, 40), (20, 20, 20), (12.0, 12.0, 12.0))
+    other = "coronal" if planes == "sagittal" else "sagittal"
     sparse = SparseAnnotation.from_dense(Volume(ball.astype(np.uint8)),
-                                         {"axial": [20], "coronal": [20], "sagittal": [12, 28]})
+                                         {"axial": [20], other: [20], planes: [12, 28]})
     warp = extent_matched_warp(sparse, 0)
+    if planes == "coronal":  # the ball is symmetric: look at it with y and x swapped
+        warp = warp.transpose(0, 2, 1)
     for t in (30, 31):
         truth = ball[t]
         assert (warp[t] & truth).sum() / truth.sum() > 0.85, t
         xs, ys = np.nonzero(truth.any(axis=0))[0], np.nonzero(warp[t].any(axis=1))[0]
         assert set(np.nonzero(warp[t].any(axis=0))[0]) <= set(range(xs[0] - 1, xs[-1] + 2)), t
         assert ys[0] == np.nonzero(ball[20].any(axis=1))[0][0], t  # y as the source slice
-    # The one-voxel tip (z = 32) gives the coronal plane a position but no width: no size to
-    # keep the source at, so it is not blown up to the source's whole disc.
+    # The one-voxel tip (z = 32) gives the plane through the centre a position but no width:
+    # no size to keep the source at, so it is not blown up to the source's whole disc.
     assert ball[32].sum() == 1 and warp[32].sum() <= 1
-    assert not warp[33:].any()  # past the ball, the coronal plane shows nothing: no shape
+    assert not warp[33:].any()  # past the ball, no plane shows anything: no shape
 
 
 def test_between_two_equal_painted_slices_every_slice_is_that_mask_up_to_the_border():

@@ -85,6 +85,9 @@ def test_the_margin_without_one_label_or_without_free_voxels():
     seeds[1, 2, 3] = True
     assert (path_cost_margin(image, seeds, np.zeros_like(seeds)) == np.inf).all()  # structure only
     assert (path_cost_margin(image, np.zeros_like(seeds), seeds) == -np.inf).all()  # background only
+    both = seeds.copy()
+    both[3, 4, 5] = True
+    assert path_cost_margin(image, both, seeds)[1, 2, 3] == -np.inf  # background wins where both are set
     half = np.zeros(image.shape, bool)
     half[:2] = True  # everything painted: no voxel left to decide
     np.testing.assert_array_equal(path_cost_margin(image, half, ~half), np.where(half, np.inf, -np.inf))

@@ -142,9 +142,13 @@ def _line_intervals(vol: np.ndarray, targets: list[tuple[int, tuple[int, int] | 
     return pairs, seen
 
 
-def _fit_maps(vol: np.ndarray, t: int, s: int, planes_b: list[int], planes_c: list[int],
+def _fit_maps(vol: np.ndarray, targets: dict[int, list[tuple[int, tuple[int, int] | None]]], s: int,
               rounds: int = 2) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
-    """The two in-plane maps (scale, shift) taking slice ``t``'s coordinates to slice ``s``'s.
+    """The two in-plane maps (scale, shift) taking the target slice's coordinates to slice ``s``'s.
+
+    ``targets`` holds the target's intervals on the painted planes, by in-plane axis
+    (:func:`_target_intervals`): its lines stay put between rounds, only where the source is
+    read moves.
 
     Each map is fitted to the intervals on the painted planes of the other in-plane axis.
     The first fit reads the source on the same lines as the target; each further round
@@ -155,8 +159,6 @@ def _fit_maps(vol: np.ndarray, t: int, s: int, planes_b: list[int], planes_c: li
     """
     maps: list[tuple[float, float] | None] = [None, None]
     read = [(1.0, 0.0), (1.0, 0.0)]  # where the source lines are read: identity first
-    # The target's lines stay put between rounds; only where the source is read moves.
-    targets = {1: _target_intervals(vol, t, 1, planes_c), 2: _target_intervals(vol, t, 2, planes_b)}
     for round_ in range(1 + rounds):
         fitted, matched = [], []
         for along, at in ((1, read[1]), (2, read[0])):
@@ -181,13 +183,18 @@ def _fit_maps(vol: np.ndarray, t: int, s: int, planes_b: list[int], planes_c: li
     return maps[0], maps[1]
 
 
-def _warp_slice(vol: np.ndarray, t: int, s: int, planes_b: list[int], planes_c: list[int]) -> np.ndarray | None:
-    """Slice ``s`` of ``vol`` (axis-first) resampled to slice ``t``'s extents; None if unknown there."""
+def _warp_slice(vol: np.ndarray, t: int, s: int,
+                targets: dict[int, list[tuple[int, tuple[int, int] | None]]]) -> np.ndarray | None:
+    """Slice ``s`` of ``vol`` (axis-first) resampled to slice ``t``'s extents; None if unknown there.
+
+    ``targets``: slice ``t``'s intervals on the painted planes, by in-plane axis
+    (:func:`_target_intervals`).
+    """
     if t == s:
         return vol[s]
     if not vol[s].any():  # a painted "nothing here": its evidence is an empty slice
         return np.zeros(vol.shape[1:], bool)
-    map_b, map_c = _fit_maps(vol, t, s, planes_b, planes_c)
+    map_b, map_c = _fit_maps(vol, targets, s)
     if map_b is None or map_c is None:
         return None
     n_b, n_c = vol.shape[1:]
@@ -241,11 +248,13 @@ def extent_matched_warp(annotation: SparseAnnotation, axis: int,
             # Past the last painted slice, an empty one says nothing about this far side
             # (the second member of a pair): the nearest slice that shows structure does.
             lo = hi = min(shown, key=lambda s: (abs(s - t), s))
-        m_lo = _warp_slice(vol, t, lo, planes_b, planes_c)
+        # The target's lines on the painted planes, read once for both sources and every round.
+        targets = {1: _target_intervals(vol, t, 1, planes_c), 2: _target_intervals(vol, t, 2, planes_b)}
+        m_lo = _warp_slice(vol, t, lo, targets)
         if lo == hi or t == lo:
             out[t] = m_lo if m_lo is not None else False
             continue
-        m_hi = _warp_slice(vol, t, hi, planes_b, planes_c)
+        m_hi = _warp_slice(vol, t, hi, targets)
         if m_lo is None or m_hi is None:
             # The orthogonal planes show nothing at t for one source: keep the nearer known one.
             known = [(abs(t - s), m) for s, m in ((lo, m_lo), (hi, m_hi)) if m is not None]

@@ -79,6 +79,53 @@ def test_the_margin_is_the_difference_of_the_two_least_path_costs():
     np.testing.assert_array_equal(path_cost_margin(noisy, fg.astype(np.uint8), bg.astype(np.uint8)), margin)
 
 
+def _least_costs(image: np.ndarray, seeds: np.ndarray, free: np.ndarray, tie_cost: float) -> np.ndarray:
+    """Least path cost from ``seeds`` by relaxing every face step until nothing changes (an
+    oracle independent of the graph search); a step needs a free voxel at one end at least."""
+    cost = np.where(seeds, 0.0, np.inf)
+    while True:
+        before = cost.copy()
+        for axis in range(3):
+            for shift in (1, -1):
+                step = np.abs(image - np.roll(image, shift, axis)) + tie_cost
+                via = np.roll(cost, shift, axis) + step
+                edge = free | np.roll(free, shift, axis)
+                border = [slice(None)] * 3
+                border[axis] = 0 if shift == 1 else -1
+                edge[tuple(border)] = False  # np.roll wraps around; the volume does not
+                cost = np.where(edge & (via < cost), via, cost)
+        if np.array_equal(cost, before):
+            return cost
+
+
+def test_the_margin_equals_the_two_searches_and_a_limit_only_cuts_it_off():
+    # The winner's search and the search of the loser's excess give the same margin as two
+    # separate least-cost searches would, also where the loser's path crosses the winner's seeds.
+    rng = np.random.default_rng(11)
+    for trial in range(4):
+        image = rng.random((5, 6, 7)).astype(np.float32)
+        if trial % 2:
+            image = np.round(image * 2) / 2  # plateaus: many ties and zero-cost reduced steps
+        fg, bg = rng.random(image.shape) < 0.06, rng.random(image.shape) < 0.06
+        fg &= ~bg
+        free = ~(fg | bg)
+        expected = _least_costs(image, bg, free, 1e-4) - _least_costs(image, fg, free, 1e-4)
+        margin = path_cost_margin(image, fg, bg, tie_cost=1e-4)
+        np.testing.assert_allclose(margin[free], expected[free], atol=1e-5)
+        cut = path_cost_margin(image, fg, bg, tie_cost=1e-4, limit=0.2)
+        inside = free & (np.abs(expected) < 0.2 - 1e-5)
+        beyond = free & (np.abs(expected) > 0.2 + 1e-5)
+        assert inside.any() and beyond.any()
+        np.testing.assert_allclose(cut[inside], expected[inside], atol=1e-5)
+        np.testing.assert_array_equal(cut[beyond], np.where(expected[beyond] > 0, np.inf, -np.inf))
+    # a row: the background reaches x = 4 only through the structure seed at x = 2
+    row = np.zeros((1, 1, 5), np.float32)
+    fg, bg = np.zeros(row.shape, bool), np.zeros(row.shape, bool)
+    fg[..., 2], bg[..., 0] = True, True
+    assert path_cost_margin(row, fg, bg, tie_cost=1.0)[0, 0, 4] == pytest.approx(2.0)
+    assert path_cost_margin(row, fg, bg, tie_cost=1.0, limit=1.5)[0, 0, 4] == np.inf
+
+
 def test_the_margin_without_one_label_or_without_free_voxels():
     image = np.random.default_rng(4).random((4, 5, 6)).astype(np.float32)
     seeds = np.zeros(image.shape, bool)

@@ -120,6 +120,20 @@ def test_cancel_stops_the_work_and_progress_is_monotonic():
         segment_case(image, sparse, progress=cancel_after_shape, cancel=cancel)
 
 
+def test_a_stage_that_starts_beside_an_earlier_one_never_moves_the_bar_back():
+    # appearance runs in a thread beside shape and growcut and may report its start first
+    from rada.pipeline import _Stages
+
+    seen: list[tuple[float, str]] = []
+    stages = _Stages(lambda f, stage, msg: seen.append((f, stage)), None, {"shape": 1, "appearance": 2, "fuse": 1})
+    stages.run("appearance", "", lambda: None)
+    stages.run("shape", "", lambda: None)
+    stages.sub_progress("shape")(0.5, "half way")
+    stages.run("fuse", "", lambda: None)
+    stages.done()
+    assert seen == [(0.25, "appearance"), (0.25, "shape"), (0.25, "shape"), (0.75, "fuse"), (1.0, "done")]
+
+
 def test_bad_requests_are_refused_with_clear_errors():
     image, truth = make_phantom()
     sparse = SparseAnnotation.from_dense(truth)

@@ -8,7 +8,8 @@ label volume on the input grid plus a JSON-ready report. Steps:
    interpolated between painted slices by signed distance);
 3. appearance: a random forest trained on this case's painted voxels (``rada.appearance``),
    and edges: painted structure and background compete on the image, as in Slicer's Grow
-   from seeds (``rada.growcut``);
+   from seeds (``rada.growcut``); the classifier runs in a thread beside steps 2-3's shape
+   and competition, which it does not need;
 4. optional ANTs propagation (``full`` preset), optional trained model probabilities;
 5. fuse all evidence (``rada.fusion``; the uncertain band is decided by the same competition
    on the fused probability), keep the pieces that touch painted structure;
@@ -27,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -177,6 +179,14 @@ class _Stages:
             self.starts[name] = (acc / total, w / total)
             acc += w
         self.timings: dict[str, float] = {}
+        self._lock, self._shown = threading.Lock(), 0.0
+
+    def _report(self, fraction: float, name: str, message: str) -> None:
+        if self.progress is None:
+            return
+        with self._lock:  # stages that run beside each other start in either order: never move back
+            self._shown = max(self._shown, fraction)
+            self.progress(self._shown, name, message)
 
     def check(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
@@ -184,9 +194,7 @@ class _Stages:
 
     def run(self, name: str, message: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         self.check()
-        start, _ = self.starts[name]
-        if self.progress:
-            self.progress(start, name, message)
+        self._report(self.starts[name][0], name, message)
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
         self.timings[name] = round(time.perf_counter() - t0, 3)
@@ -198,13 +206,11 @@ class _Stages:
 
         def report(fraction: float, message: str) -> None:
             self.check()
-            if self.progress:
-                self.progress(start + width * min(max(fraction, 0.0), 1.0), name, message)
+            self._report(start + width * min(max(fraction, 0.0), 1.0), name, message)
         return report
 
     def done(self) -> None:
-        if self.progress:
-            self.progress(1.0, "done", "segmentation finished")
+        self._report(1.0, "done", "segmentation finished")
 
 
 def _agreement(masks: dict[str, np.ndarray]) -> dict[str, float]:
@@ -267,8 +273,9 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
     if cache is not None:
         cache.bind(image)
     finetuning = bool(PRESETS[cfg.preset].get("finetune"))
-    # In the order the stages run, so the bar only moves forward; with finetune the checkpoint
-    # is the fine-tune's start and has no inference stage of its own.
+    # In the order the stages start (appearance runs beside shape and growcut; the bar never
+    # moves back); with finetune the checkpoint is the fine-tune's start and has no inference
+    # stage of its own.
     stages = _Stages(progress, cancel, {"crop": 1, "shape": 2, "appearance": 6, "growcut": 4,
                                         "propagate": 60 if cfg.propagate else 0,
                                         "finetune": 80 if finetuning else 0,
@@ -282,12 +289,18 @@ def segment_case(image: Volume, annotation: SparseAnnotation, config: SegmentCon
 
     def _shape() -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return visual_hull(ann_c), shape_prior(ann_c, spacing_zyx)
-    hull, warps = stages.run("shape", "shape from the painted slices", _shape)
-    appearance = stages.run("appearance", "learning the structure's appearance from the painted voxels",
-                            appearance_probability, img_c.array, ann_c, spacing_zyx, cfg.appearance)
-    shape_evidence = np.logical_or.reduce([hull, *warps.values()])
-    growcut = stages.run("growcut", "growing the painted labels along the image", growcut_logit, img_c.array,
-                         ann_c, shape_evidence, cfg.growcut) if cfg.fusion.growcut_weight else None
+    # The classifier needs neither the shape nor the competition, so it learns beside them: its
+    # forest releases the GIL and the competition's shortest-path searches hold it, so the two
+    # share the cores (the results are those of running one after the other).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rada-appearance") as beside:
+        appearance_job = beside.submit(stages.run, "appearance",
+                                       "learning the structure's appearance from the painted voxels",
+                                       appearance_probability, img_c.array, ann_c, spacing_zyx, cfg.appearance)
+        hull, warps = stages.run("shape", "shape from the painted slices", _shape)
+        shape_evidence = np.logical_or.reduce([hull, *warps.values()])
+        growcut = stages.run("growcut", "growing the painted labels along the image", growcut_logit,
+                             img_c.array, ann_c, shape_evidence, cfg.growcut) if cfg.fusion.growcut_weight else None
+        appearance = appearance_job.result()
 
     sources: dict[str, np.ndarray] = dict(warps)
     extra_logits: list[np.ndarray] = []

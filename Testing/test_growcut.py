@@ -51,6 +51,14 @@ def test_without_seeds_of_one_label_the_other_takes_everything():
     assert not grow_from_seeds(image, np.zeros_like(seeds), seeds).any()
     assert grow_from_seeds(image, seeds, np.zeros_like(seeds)).all()
     assert not grow_from_seeds(image, seeds, seeds).any()  # background wins where both are set
+    for fg, bg in ((np.zeros_like(seeds), seeds), (seeds, np.zeros_like(seeds))):
+        assert grow_from_seeds(image, fg, bg).dtype == bool
+    # 0/1 masks of another dtype (a painted label map) mean the same as bool ones
+    rng = np.random.default_rng(2)
+    fg, bg = rng.random(image.shape) < 0.05, rng.random(image.shape) < 0.05
+    out = grow_from_seeds(image, fg, bg)
+    assert out.dtype == bool and 0 < out.sum() < out.size
+    np.testing.assert_array_equal(grow_from_seeds(image, fg.astype(np.uint8), bg.astype(np.uint8)), out)
 
 
 def test_the_margin_is_the_difference_of_the_two_least_path_costs():

@@ -90,7 +90,7 @@ def grow_from_seeds(intensity: np.ndarray, structure: np.ndarray, background: np
     if not free.any():
         return structure.copy()
     graph, nodes, index = _seed_graph(intensity, free, tie_cost)
-    _, won, _ = _winners(graph, nodes, index, structure, background)
+    _, won = _winners(graph, nodes, index, structure, background)
     out = structure.copy()
     free_nodes = free.flat[nodes]
     out.flat[nodes[free_nodes]] = won[free_nodes]
@@ -129,27 +129,25 @@ def path_cost_margin(intensity: np.ndarray, structure: np.ndarray, background: n
     if not structure.any() or not free.any():
         return out
     graph, nodes, index = _seed_graph(intensity, free, tie_cost)
-    cost, won, reached = _winners(graph, nodes, index, structure, background)
-    excess = _loser_excess(graph, cost, won, reached, limit)
+    cost, won = _winners(graph, nodes, index, structure, background)
+    excess = _loser_excess(graph, cost, won, limit)
     free_nodes = free.flat[nodes]
     out.flat[nodes[free_nodes]] = np.where(won, excess, -excess)[free_nodes]
     return out
 
 
 def _winners(graph: sparse.csr_matrix, nodes: np.ndarray, index: np.ndarray, structure: np.ndarray,
-             background: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One search from all seeds: per node the least cost, whether the structure won, whether
-    any seed reached it (a node no seed reaches counts as background)."""
+             background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One search from all seeds: per node the least cost and whether the structure won.
+
+    Every node is reached: a node is a free voxel or a seed touching one, and every component
+    of free voxels borders a seed (the callers return early when there is none)."""
     seeds = np.concatenate([index[structure & (index >= 0)], index[background & (index >= 0)]])
     cost, _, source = dijkstra(graph, directed=False, indices=seeds, min_only=True, return_predecessors=True)
-    reached = source >= 0
-    won = np.zeros(nodes.size, bool)
-    won[reached] = structure.flat[nodes[source[reached]]]
-    return cost, won, reached
+    return cost, structure.flat[nodes[source]]
 
 
-def _loser_excess(graph: sparse.csr_matrix, cost: np.ndarray, won: np.ndarray, reached: np.ndarray,
-                  limit: float) -> np.ndarray:
+def _loser_excess(graph: sparse.csr_matrix, cost: np.ndarray, won: np.ndarray, limit: float) -> np.ndarray:
     """Per node, how much more than the winner's ``cost`` the other label pays to reach it
     (``inf`` beyond ``limit``, or where it never arrives).
 
@@ -161,8 +159,6 @@ def _loser_excess(graph: sparse.csr_matrix, cost: np.ndarray, won: np.ndarray, r
     """
     coo = graph.tocoo()
     a, b, w = coo.row, coo.col, coo.data
-    ok = reached[a] & reached[b]
-    a, b, w = a[ok], b[ok], w[ok]
     n = cost.size
     inside = won[a] == won[b]
     # the winner's costs are shortest paths, so reduced steps inside a region are >= 0 (up to rounding)

@@ -258,3 +258,21 @@ def test_between_two_equal_painted_slices_every_slice_is_that_mask_up_to_the_bor
     warp = extent_matched_warp(sparse, 0)
     for t in range(2, 10):
         np.testing.assert_array_equal(warp[t], mask, err_msg=str(t))
+
+
+def test_no_slice_between_two_painted_slices_is_lost_when_a_rim_slice_fit_goes_astray(la_dir):
+    # LA case 3DA0, the k = 2 protocol: the anterior coronal slice (48) cuts the atrium near
+    # its rim, so its fits rest on one line per direction. At slices 76-78 they sent every
+    # target pixel off its structure; that empty warp was blended in as if slice 48 were a
+    # painted "nothing here", and the middle of the atrium vanished (Dice 0 on those slices).
+    from rada.annotation import protocol_slices
+    from rada.io import read_volume
+
+    label = read_volume(la_dir / "3DA0T2V6JJ2NLUAV6FWM" / "label.nii.gz")
+    truth = label.array > 0
+    sparse = SparseAnnotation.from_dense(label, protocol_slices(truth, 2))
+    lo, hi = sparse.slices()["coronal"]
+    assert (lo, hi) == (48, 100)
+    warp = extent_matched_warp(sparse, axis=1)
+    per_slice = [dice(warp[:, y], truth[:, y]) for y in range(lo + 1, hi)]
+    assert min(per_slice) > 0.1, [(lo + 1 + i, round(d, 2)) for i, d in enumerate(per_slice) if d <= 0.1]

@@ -185,7 +185,8 @@ def _fit_maps(vol: np.ndarray, targets: dict[int, list[tuple[int, tuple[int, int
 
 def _warp_slice(vol: np.ndarray, t: int, s: int,
                 targets: dict[int, list[tuple[int, tuple[int, int] | None]]]) -> np.ndarray | None:
-    """Slice ``s`` of ``vol`` (axis-first) resampled to slice ``t``'s extents; None if unknown there.
+    """Slice ``s`` of ``vol`` (axis-first) resampled to slice ``t``'s extents; None if unknown there
+    (no fit, or a fit that lands off all of the source's structure).
 
     ``targets``: slice ``t``'s intervals on the painted planes, by in-plane axis
     (:func:`_target_intervals`).
@@ -204,7 +205,9 @@ def _warp_slice(vol: np.ndarray, t: int, s: int,
     ok_c = (src_c >= 0) & (src_c < n_c)
     out = np.zeros(vol.shape[1:], bool)
     out[np.ix_(ok_b, ok_c)] = vol[s][np.ix_(src_b[ok_b], src_c[ok_c])]
-    return out
+    # The source shows structure and the planes found it at t too: a warp that misses all of it
+    # is a fit gone astray (from a rim slice's single line), not a painted "nothing here".
+    return out if out.any() else None
 
 
 def extent_matched_warp(annotation: SparseAnnotation, axis: int,

@@ -41,9 +41,19 @@ def test_most_of_the_background_draw_lies_next_to_the_painted_structure():
     box = np.zeros_like(structure)
     box[tuple(slice(v.min(), v.max() + 1) for v in np.nonzero(structure))] = True
     assert (near & ~box).flat[draw].sum() >= 20
-    uniform = _background_draw(structure, background, 400, AppearanceConfig(near_background_fraction=0.0),
-                               np.random.default_rng(1))
-    assert near.flat[uniform].mean() < 0.1  # the ring is a small part of the painted background
+    # with a quota larger than the ring, all of the ring is drawn, and nothing twice
+    big = _background_draw(structure, background, 4000, cfg, np.random.default_rng(1))
+    assert big.size == np.unique(big).size == 4000 and near.flat[big].sum() == near.sum()
+    # a ring of one voxel is a ring too
+    ring1 = background & (ndimage.distance_transform_cdt(~structure, metric="taxicab") <= 1)
+    one = _background_draw(structure, background, 400, AppearanceConfig(near_background_px=1), np.random.default_rng(1))
+    assert ring1.flat[one].mean() > 0.3
+    # share 0 (or a ring of 0 voxels) is the plain uniform draw
+    legacy = np.random.default_rng(1).choice(np.flatnonzero(background), 400, replace=False)
+    for off in (AppearanceConfig(near_background_fraction=0.0), AppearanceConfig(near_background_px=0)):
+        uniform = _background_draw(structure, background, 400, off, np.random.default_rng(1))
+        np.testing.assert_array_equal(uniform, legacy)
+    assert near.flat[legacy].mean() < 0.1  # the ring is a small part of the painted background
 
 
 def test_tissue_touching_the_structure_is_learned_as_background():

@@ -56,6 +56,16 @@ def test_most_of_the_background_draw_lies_next_to_the_painted_structure():
     assert near.flat[legacy].mean() < 0.1  # the ring is a small part of the painted background
 
 
+def test_the_ring_reaches_the_volume_border():
+    # a structure painted against the crop's first row and column: its ring there is drawn too
+    structure, background = np.zeros((3, 12, 12), bool), np.zeros((3, 12, 12), bool)
+    structure[1, :3, :3] = True
+    background[1] = ~structure[1]
+    near = background & (ndimage.distance_transform_cdt(~structure, metric="taxicab") <= 4)
+    draw = _background_draw(structure, background, 60, AppearanceConfig(), np.random.default_rng(0))  # quota > ring
+    assert near.flat[draw].sum() == near.sum() and near[1, 0].any() and near[1, :, 0].any()
+
+
 def test_tissue_touching_the_structure_is_learned_as_background():
     image, sparse, ball, shell = _ball_with_a_shell()
     uniform = appearance_probability(image, sparse, (1.0, 1.0, 1.0),

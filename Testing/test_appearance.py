@@ -34,7 +34,7 @@ def test_most_of_the_background_draw_lies_next_to_the_painted_structure():
     # independent of the dilation the draw uses)
     near = background & (ndimage.distance_transform_cdt(~structure, metric="taxicab") <= 4)
     cfg = AppearanceConfig(max_samples_per_class=400)
-    draw = _background_draw(structure, background, 400, cfg, np.random.default_rng(1))
+    draw = _background_draw(sparse, 400, cfg, np.random.default_rng(1))
     assert draw.size == np.unique(draw).size == 400 and background.flat[draw].all()
     assert near.flat[draw].mean() >= 0.7  # the default share, the ring being large enough here
     # ... from all round the structure, also where the ring lies outside its bounding box
@@ -42,16 +42,16 @@ def test_most_of_the_background_draw_lies_next_to_the_painted_structure():
     box[tuple(slice(v.min(), v.max() + 1) for v in np.nonzero(structure))] = True
     assert (near & ~box).flat[draw].sum() >= 20
     # with a quota larger than the ring, all of the ring is drawn, and nothing twice
-    big = _background_draw(structure, background, 4000, cfg, np.random.default_rng(1))
+    big = _background_draw(sparse, 4000, cfg, np.random.default_rng(1))
     assert big.size == np.unique(big).size == 4000 and near.flat[big].sum() == near.sum()
     # a ring of one voxel is a ring too
     ring1 = background & (ndimage.distance_transform_cdt(~structure, metric="taxicab") <= 1)
-    one = _background_draw(structure, background, 400, AppearanceConfig(near_background_px=1), np.random.default_rng(1))
+    one = _background_draw(sparse, 400, AppearanceConfig(near_background_px=1), np.random.default_rng(1))
     assert ring1.flat[one].mean() > 0.3
     # share 0 (or a ring of 0 voxels) is the plain uniform draw
     legacy = np.random.default_rng(1).choice(np.flatnonzero(background), 400, replace=False)
     for off in (AppearanceConfig(near_background_fraction=0.0), AppearanceConfig(near_background_px=0)):
-        uniform = _background_draw(structure, background, 400, off, np.random.default_rng(1))
+        uniform = _background_draw(sparse, 400, off, np.random.default_rng(1))
         np.testing.assert_array_equal(uniform, legacy)
     assert near.flat[legacy].mean() < 0.1  # the ring is a small part of the painted background
 
@@ -61,8 +61,11 @@ def test_the_ring_reaches_the_volume_border():
     structure, background = np.zeros((3, 12, 12), bool), np.zeros((3, 12, 12), bool)
     structure[1, :3, :3] = True
     background[1] = ~structure[1]
+    labels = np.full(structure.shape, 255, np.uint8)
+    labels[1] = structure[1]
+    sparse = SparseAnnotation(Volume(labels))
     near = background & (ndimage.distance_transform_cdt(~structure, metric="taxicab") <= 4)
-    draw = _background_draw(structure, background, 60, AppearanceConfig(), np.random.default_rng(0))  # quota > ring
+    draw = _background_draw(sparse, 60, AppearanceConfig(), np.random.default_rng(0))  # quota > ring
     assert near.flat[draw].sum() == near.sum() and near[1, 0].any() and near[1, :, 0].any()
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.ensemble import RandomForestClassifier
 
-from rada.annotation import SparseAnnotation
+from rada.annotation import SparseAnnotation, crop_box
 
 
 @dataclass
@@ -168,7 +168,7 @@ def fit_forest(feats: np.ndarray, annotation: SparseAnnotation, config: Appearan
     rng = np.random.default_rng(config.seed)
     n = config.max_samples_per_class
     pos = rng.choice(pos, min(n, pos.size), replace=False)
-    neg = _background_draw(known & fg, known & ~fg, n, config, rng)
+    neg = _background_draw(annotation, n, config, rng)
     x = sample_features(feats, np.concatenate([pos, neg]), annotation.shape)
     y = np.concatenate([np.ones(pos.size, np.uint8), np.zeros(neg.size, np.uint8)])
     forest = RandomForestClassifier(n_estimators=trees or config.trees, max_depth=config.max_depth,
@@ -177,7 +177,7 @@ def fit_forest(feats: np.ndarray, annotation: SparseAnnotation, config: Appearan
     return forest.fit(x, y)
 
 
-def _background_draw(structure: np.ndarray, background: np.ndarray, n: int, config: AppearanceConfig,
+def _background_draw(annotation: SparseAnnotation, n: int, config: AppearanceConfig,
                      rng: np.random.Generator) -> np.ndarray:
     """Flat indices of up to ``n`` painted background voxels to train on.
 
@@ -187,13 +187,14 @@ def _background_draw(structure: np.ndarray, background: np.ndarray, n: int, conf
     the draw comes from within ``config.near_background_px`` voxels of painted structure (as
     far as there is such background), the rest from all painted background.
     """
+    structure = annotation.foreground()
+    background = annotation.known() & ~structure
     if config.near_background_fraction <= 0 or config.near_background_px <= 0:
         idx = np.flatnonzero(background)
         return rng.choice(idx, min(n, idx.size), replace=False)
     r = config.near_background_px
-    rows = [np.flatnonzero(structure.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
-    # the dilation on the structure's bounding box grown by r equals the one on the whole crop
-    box = tuple(slice(max(int(v[0]) - r, 0), int(v[-1]) + r + 1) for v in rows)
+    # the dilation on the painted structure's extent grown by r equals the one on the whole crop
+    box = crop_box(annotation, r)
     near = np.zeros_like(background)
     near[box] = ndimage.binary_dilation(structure[box], iterations=r) & background[box]
     near_idx, far_idx = np.flatnonzero(near), np.flatnonzero(background & ~near)

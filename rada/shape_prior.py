@@ -183,6 +183,19 @@ def _fit_maps(vol: np.ndarray, targets: dict[int, list[tuple[int, tuple[int, int
     return maps[0], maps[1]
 
 
+def _line_agreement(mask: np.ndarray, painted: np.ndarray,
+                    targets: dict[int, list[tuple[int, tuple[int, int] | None]]]) -> float:
+    """Dice of ``mask`` and the painted structure ``painted`` of the same slice, on the lines
+    where painted planes cross it (the only voxels of a target slice that are known)."""
+    inter = total = 0
+    for along, lines in targets.items():
+        for i, _ in lines:
+            a, b = (mask[:, i], painted[:, i]) if along == 1 else (mask[i, :], painted[i, :])
+            inter += int(np.count_nonzero(a & b))
+            total += int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+    return 2.0 * inter / total if total else 1.0
+
+
 def _warp_slice(vol: np.ndarray, t: int, s: int,
                 targets: dict[int, list[tuple[int, tuple[int, int] | None]]]) -> np.ndarray | None:
     """Slice ``s`` of ``vol`` (axis-first) resampled to slice ``t``'s extents; None if unknown there
@@ -190,6 +203,12 @@ def _warp_slice(vol: np.ndarray, t: int, s: int,
 
     ``targets``: slice ``t``'s intervals on the painted planes, by in-plane axis
     (:func:`_target_intervals`).
+
+    With one painted plane per in-plane direction the fit meets the target's lines exactly.
+    With more, a straight-line map is a compromise between planes that cross the structure
+    where it is shaped differently, and it can squeeze or stretch the source badly. The
+    target's lines are known there, so the fit is checked on them: the source as it is
+    (unwarped) replaces it when it matches them better.
     """
     if t == s:
         return vol[s]
@@ -207,7 +226,12 @@ def _warp_slice(vol: np.ndarray, t: int, s: int,
     out[np.ix_(ok_b, ok_c)] = vol[s][np.ix_(src_b[ok_b], src_c[ok_c])]
     # The source shows structure and the planes found it at t too: a warp that misses all of it
     # is a fit gone astray (from a rim slice's single line), not a painted "nothing here".
-    return out if out.any() else None
+    if not out.any():
+        return None
+    if max(len(targets[1]), len(targets[2])) > 1 and \
+            _line_agreement(vol[s], vol[t], targets) > _line_agreement(out, vol[t], targets):
+        return vol[s]
+    return out
 
 
 def extent_matched_warp(annotation: SparseAnnotation, axis: int,

@@ -38,7 +38,11 @@ class FusionConfig:
 
     Attributes:
         prior_sigma: smoothing of the averaged shape warps, in voxels.
-        prior_clip: keeps prior log-odds finite: p in ``[clip, 1 - clip]``.
+        prior_clip: keeps prior log-odds finite: p at most ``1 - clip``.
+        prior_floor: the prior's probability is at least this. The warps stretch the
+            painted shapes and miss what the slices do not show (a vessel's branches), so
+            where none reaches, the prior speaks against the structure less firmly than it
+            speaks for it inside them; the competition and the classifier decide there.
         prior_weight: weight of the shape prior's log-odds (0.2-1.0 measured on dev).
         appearance_weight: weight of the per-case classifier's log-odds.
         appearance_clip: probability clip of the classifier before its log-odds.
@@ -53,11 +57,12 @@ class FusionConfig:
     """
 
     prior_sigma: float = 1.0        # voxels: smoothing of the averaged shape warps
-    prior_clip: float = 0.01        # keep prior log-odds finite: p in [clip, 1 - clip]
+    prior_clip: float = 0.01        # keep prior log-odds finite: p <= 1 - clip
+    prior_floor: float = 0.1        # p >= floor: outside every warp is weaker evidence than inside
     prior_weight: float = 0.3       # weight of the shape prior's log-odds (0.2-1.0 measured on dev)
     appearance_weight: float = 1.0  # weight of the per-case classifier's log-odds
     appearance_clip: float = 0.02
-    growcut_weight: float = 0.75    # weight of the image competition's vote in [-1, 1] (rada.growcut)
+    growcut_weight: float = 1.0     # weight of the image competition's vote in [-1, 1] (rada.growcut)
     intensity_weight: float = 0.0   # weight of the histogram log-likelihood ratio (the old appearance)
     histogram_bins: int = 32
     logit_sigma: float = 0.0        # voxels: smoothing of the summed log-odds (0: thin parts survive)
@@ -113,16 +118,17 @@ def prior_logit(shape_warps: Sequence[np.ndarray], shape: tuple[int, ...], confi
     Args:
         shape_warps: warped 0/1 shape masks, each of ``shape``.
         shape: the grid's shape.
-        config: ``prior_sigma`` and ``prior_clip``.
+        config: ``prior_sigma``, ``prior_floor`` and ``prior_clip``.
 
     Returns:
-        float32 log-odds of ``shape``; the logit of ``prior_clip`` everywhere when there is
+        float32 log-odds of ``shape``; the logit of ``prior_floor`` everywhere when there is
         no warp.
     """
     if not len(shape_warps):
-        return np.full(shape, float(probability_to_logit(np.zeros(1), config.prior_clip)[0]), np.float32)
-    prior = ndimage.gaussian_filter(np.mean(np.stack(shape_warps), axis=0, dtype=np.float32), config.prior_sigma)
-    return probability_to_logit(prior, config.prior_clip)
+        prior = np.zeros(shape, np.float32)
+    else:
+        prior = ndimage.gaussian_filter(np.mean(np.stack(shape_warps), axis=0, dtype=np.float32), config.prior_sigma)
+    return probability_to_logit(np.maximum(prior, np.float32(config.prior_floor)), config.prior_clip)
 
 
 def keep_painted_components(mask: np.ndarray, annotation: SparseAnnotation) -> np.ndarray:

@@ -204,11 +204,12 @@ def _warp_slice(vol: np.ndarray, t: int, s: int,
     ``targets``: slice ``t``'s intervals on the painted planes, by in-plane axis
     (:func:`_target_intervals`).
 
-    With one painted plane per in-plane direction the fit meets the target's lines exactly.
-    With more, a straight-line map is a compromise between planes that cross the structure
-    where it is shaped differently, and it can squeeze or stretch the source badly. The
-    target's lines are known there, so the fit is checked on them: the source as it is
-    (unwarped) replaces it when it matches them better.
+    With more than one painted plane in an in-plane direction, one straight-line map is a
+    compromise between planes that cross the structure where it is shaped differently, and
+    it can squeeze or stretch the source badly. The target's painted lines are known, so the
+    fit is checked on them: the source as it is (unwarped) replaces it when it matches them
+    better. With one plane per direction the fit is made from the very lines it would be
+    checked on, and is kept (on the development paintings the check chose worse there).
     """
     if t == s:
         return vol[s]

@@ -304,12 +304,12 @@ def test_line_agreement_is_the_dice_of_the_mask_and_the_painting_on_the_painted_
     painted = np.zeros((6, 6), bool)
     painted[1:5, 1:3] = True
     mask = np.zeros((6, 6), bool)
-    mask[1:3, 1:5] = True
-    mask[5, 5] = True  # on no painted line: not counted
+    mask[1:3, 1:6] = True
+    mask[5, 0] = True  # on no painted line: not counted
     # the column 1 (a line along the rows) and the row 1 (a line along the columns)
     targets = {1: [(1, None)], 2: [(1, None)]}
-    # column 1: painted rows 1-4, mask rows 1-2; row 1: painted cols 1-2, mask cols 1-4
-    assert _line_agreement(mask, painted, targets) == pytest.approx(2 * (2 + 2) / ((4 + 2) + (2 + 4)))
+    # column 1: painted rows 1-4, mask rows 1-2; row 1: painted cols 1-2, mask cols 1-5
+    assert _line_agreement(mask, painted, targets) == pytest.approx(2 * (2 + 2) / ((4 + 2) + (2 + 5)))
     assert _line_agreement(np.zeros((6, 6), bool), np.zeros((6, 6), bool), targets) == 1.0
     assert _line_agreement(np.zeros((6, 6), bool), painted, targets) == 0.0
 

@@ -245,6 +245,8 @@ def extent_matched_warp(annotation: SparseAnnotation, axis: int,
     annotated slice of the third axis ``b`` shows at ``t`` (target) and at ``s`` (source); the
     source's interval is read on the line that the map along ``b`` sends to that plane (two
     rounds of refitting), so a small source slice cut near its rim is not over-stretched.
+    Where more than one painted plane crosses in a direction, the fit is checked on the
+    target's painted lines and the source as it is replaces it when that matches them better.
     Between two painted slices the two resampled masks are blended by interpolating their 2D
     signed distances (shape-based interpolation), so an empty painted slice (no structure)
     shrinks the shape towards it. Slices where the orthogonal annotations show no structure

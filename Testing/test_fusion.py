@@ -52,3 +52,22 @@ def test_the_competition_finds_a_branch_that_every_warp_misses_only_above_the_pr
     # with the old clip only the branch's root survives, where the smoothed prior still leans
     # on the block
     assert found[0.1] == 1.0 and found[0.01] < 0.5, found
+
+
+def test_inside_the_warps_the_prior_and_the_competition_outvote_a_classifier_sure_of_the_opposite():
+    image, annotation, block, competition = _block_with_a_branch()
+    warp = np.zeros(block.shape, bool)
+    warp[6:18, 6:18, 6:18] = True  # reaches past the block: the prior is sure all over it
+    # The classifier is sure (p = 0.001) that the block's last three x-slices are background;
+    # the warp and the competition say structure there.
+    side = np.zeros(block.shape, bool)
+    side[8:16, 8:16, 13:16] = True
+    appearance = np.where(block & ~side, 0.999, 0.001).astype(np.float32)
+    found = {}
+    for clip in (0.1, 0.02):  # the default, and the old clip
+        # a plain threshold (refine_confidence 0.5), so that the vote alone decides
+        config = FusionConfig(appearance_clip=clip, refine_confidence=0.5)
+        mask, _ = fuse(image, annotation, [warp], block.copy(), config, appearance=appearance, growcut=competition)
+        found[clip] = float(mask[side & ~annotation.known()].mean())
+    # 1.38 (prior) + 1.0 (competition) against 2.2 (classifier) and against 3.9
+    assert found[0.1] == 1.0 and found[0.02] == 0.0, found

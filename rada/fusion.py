@@ -45,7 +45,11 @@ class FusionConfig:
             speaks for it inside them; the competition and the classifier decide there.
         prior_weight: weight of the shape prior's log-odds (0.2-1.0 measured on dev).
         appearance_weight: weight of the per-case classifier's log-odds.
-        appearance_clip: probability clip of the classifier before its log-odds.
+        appearance_clip: probability clip of the classifier before its log-odds. A forest
+            trained on a few painted planes gives probabilities near 0 or 1 to tissue that
+            no painted voxel resembles; they are not calibrated. Capped at ``logit(1 -
+            clip)`` (2.2 at 0.1), it can be outvoted inside the warps by the prior and the
+            competition together (up to 1.38 + 1.0).
         growcut_weight: weight of the image competition's vote in ``[-1, 1]`` (``rada.growcut``).
         intensity_weight: weight of the histogram log-likelihood ratio (the old appearance).
         histogram_bins: bins of that histogram.
@@ -61,7 +65,7 @@ class FusionConfig:
     prior_floor: float = 0.1        # p >= floor: outside every warp is weaker evidence than inside
     prior_weight: float = 0.3       # weight of the shape prior's log-odds (0.2-1.0 measured on dev)
     appearance_weight: float = 1.0  # weight of the per-case classifier's log-odds
-    appearance_clip: float = 0.02
+    appearance_clip: float = 0.1    # the classifier's log-odds stay within +-2.2
     growcut_weight: float = 1.0     # weight of the image competition's vote in [-1, 1] (rada.growcut)
     intensity_weight: float = 0.0   # weight of the histogram log-likelihood ratio (the old appearance)
     histogram_bins: int = 32

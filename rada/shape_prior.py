@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from rada.annotation import SparseAnnotation, take_slice
+from rada.metrics import dice
 from rada.views import VIEW_OF_AXIS
 
 
@@ -187,13 +188,12 @@ def _line_agreement(mask: np.ndarray, painted: np.ndarray,
                     targets: dict[int, list[tuple[int, tuple[int, int] | None]]]) -> float:
     """Dice of ``mask`` and the painted structure ``painted`` of the same slice, on the lines
     where painted planes cross it (the only voxels of a target slice that are known)."""
-    inter = total = 0
-    for along, lines in targets.items():
-        for i, _ in lines:
-            a, b = (mask[:, i], painted[:, i]) if along == 1 else (mask[i, :], painted[i, :])
-            inter += int(np.count_nonzero(a & b))
-            total += int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 2.0 * inter / total if total else 1.0
+    cols, rows = [i for i, _ in targets[1]], [i for i, _ in targets[2]]
+
+    def on_lines(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a[:, cols].ravel(), a[rows, :].ravel()])
+
+    return dice(on_lines(mask), on_lines(painted))
 
 
 def _warp_slice(vol: np.ndarray, t: int, s: int,

@@ -69,5 +69,5 @@ def test_inside_the_warps_the_prior_and_the_competition_outvote_a_classifier_sur
         config = FusionConfig(appearance_clip=clip, refine_confidence=0.5)
         mask, _ = fuse(image, annotation, [warp], block.copy(), config, appearance=appearance, growcut=competition)
         found[clip] = float(mask[side & ~annotation.known()].mean())
-    # 1.38 (prior) + 1.0 (competition) against 2.2 (classifier) and against 3.9
+    # 1.61 (prior: 0.35 * logit(0.99)) + 1.0 (competition) against 2.2 (classifier) and against 3.9
     assert found[0.1] == 1.0 and found[0.02] == 0.0, found

@@ -53,7 +53,7 @@ class FusionConfig:
             trained on a few painted planes gives probabilities near 0 or 1 to tissue that
             no painted voxel resembles; they are not calibrated. Capped at ``logit(1 -
             clip)`` (2.2 at 0.1), it can be outvoted inside the warps by the prior and the
-            competition together (up to 1.38 + 1.0).
+            competition together (up to 0.35 * 4.6 = 1.61, plus 1.0).
         growcut_weight: weight of the image competition's vote in ``[-1, 1]`` (``rada.growcut``).
         intensity_weight: weight of the histogram log-likelihood ratio (the old appearance).
         histogram_bins: bins of that histogram.

@@ -156,7 +156,9 @@ def _fit_maps(vol: np.ndarray, targets: dict[int, list[tuple[int, tuple[int, int
     reads it where the other map sends those lines (a wide target slice maps a plane's line
     onto another line of a narrow source), so that the two maps agree with each other.
     A direction whose planes show the source but miss the target keeps the source as it is
-    when the other direction matched; with neither matched both maps are None.
+    when the other direction matched; one whose planes show the target but miss the source is
+    read where the matched direction's map sends its lines; with neither matched both maps
+    are None.
     """
     maps: list[tuple[float, float] | None] = [None, None]
     read = [(1.0, 0.0), (1.0, 0.0)]  # where the source lines are read: identity first
@@ -177,6 +179,12 @@ def _fit_maps(vol: np.ndarray, targets: dict[int, list[tuple[int, tuple[int, int
             lost = 0 if matched[1] else 1
             if fitted[lost] is None and not any(it is not None for _, it in targets[lost + 1]):
                 fitted[lost] = (1.0, 0.0)
+            elif fitted[lost] is None:
+                # The lost direction's planes cross the target's structure but miss the source's
+                # on the same lines (the shape narrowed or moved in the plane): read the source
+                # where the matched direction's map sends those lines, as later rounds do.
+                pairs, _ = _line_intervals(vol, targets[lost + 1], s, lost + 1, fitted[1 - lost])
+                fitted[lost] = _fit_map(pairs)
         if fitted[0] is None or fitted[1] is None:
             break  # keep the last consistent pair (None on the first round)
         maps = fitted

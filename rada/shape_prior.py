@@ -204,6 +204,46 @@ def _line_agreement(mask: np.ndarray, painted: np.ndarray,
     return dice(on_lines(mask), on_lines(painted))
 
 
+def _span(intervals: list[tuple[int, int] | None]) -> tuple[int, int] | None:
+    """The smallest interval that holds all the given ones (None entries left out); None if none."""
+    shown = [iv for iv in intervals if iv is not None]
+    return (min(a for a, _ in shown), max(b for _, b in shown)) if shown else None
+
+
+def _extent_maps(vol: np.ndarray, targets: dict[int, list[tuple[int, tuple[int, int] | None]]],
+                 s: int) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """The two in-plane maps that match the target's overall extent on the painted lines of each
+    direction to the source's on the same lines (one interval each, so one scale and shift).
+
+    Returns None when, along a direction, one of the two slices shows structure on those lines
+    and the other does not; a direction where neither does keeps the source as it is.
+    """
+    maps = []
+    for along in (1, 2):
+        target = _span([iv for _, iv in targets[along]])
+        source = _span([_interval(vol[s, :, i] if along == 1 else vol[s, i, :]) for i, _ in targets[along]])
+        if target is None and source is None:
+            maps.append((1.0, 0.0))
+        elif target is None or source is None:
+            return None
+        else:
+            maps.append(_fit_map([(target, source)]))
+    return maps[0], maps[1]
+
+
+def _resample(source: np.ndarray, map_b: tuple[float, float], map_c: tuple[float, float]) -> np.ndarray:
+    """A 2D mask resampled (nearest neighbour) by the two in-plane maps (target -> source
+    coordinates); target pixels that map outside the source are background."""
+    n_b, n_c = source.shape
+    src_b = np.rint(map_b[0] * np.arange(n_b) + map_b[1]).astype(int)
+    src_c = np.rint(map_c[0] * np.arange(n_c) + map_c[1]).astype(int)
+    ok_b = (src_b >= 0) & (src_b < n_b)
+    ok_c = (src_c >= 0) & (src_c < n_c)
+    out = np.zeros(source.shape, bool)
+    out[np.ix_(ok_b, ok_c)] = source[np.ix_(src_b[ok_b], src_c[ok_c])]
+    return out
+
+
 def _warp_slice(vol: np.ndarray, t: int, s: int,
                 targets: dict[int, list[tuple[int, tuple[int, int] | None]]]) -> np.ndarray | None:
     """Slice ``s`` of ``vol`` (axis-first) resampled to slice ``t``'s extents; None if unknown there
@@ -215,9 +255,12 @@ def _warp_slice(vol: np.ndarray, t: int, s: int,
     With more than one painted plane in an in-plane direction, one straight-line map is a
     compromise between planes that cross the structure where it is shaped differently, and
     it can squeeze or stretch the source badly. The target's painted lines are known, so the
-    fit is checked on them: the source as it is (unwarped) replaces it when it matches them
-    better. With one plane per direction the fit is made from the very lines it would be
-    checked on, and is kept (on the development paintings the check chose worse there).
+    fit is checked on them against two simpler candidates: the source as it is (unwarped),
+    and the source stretched so that its overall extent on the lines of each direction
+    matches the target's (:func:`_extent_maps`; one interval per direction cannot be
+    compromised). The candidate that matches the lines best is kept, the fit on a tie. With
+    one plane per direction the fit is made from the very lines it would be checked on, and
+    is kept (on the development paintings the check chose worse there).
     """
     if t == s:
         return vol[s]
@@ -226,20 +269,20 @@ def _warp_slice(vol: np.ndarray, t: int, s: int,
     map_b, map_c = _fit_maps(vol, targets, s)
     if map_b is None or map_c is None:
         return None
-    n_b, n_c = vol.shape[1:]
-    src_b = np.rint(map_b[0] * np.arange(n_b) + map_b[1]).astype(int)
-    src_c = np.rint(map_c[0] * np.arange(n_c) + map_c[1]).astype(int)
-    ok_b = (src_b >= 0) & (src_b < n_b)
-    ok_c = (src_c >= 0) & (src_c < n_c)
-    out = np.zeros(vol.shape[1:], bool)
-    out[np.ix_(ok_b, ok_c)] = vol[s][np.ix_(src_b[ok_b], src_c[ok_c])]
+    out = _resample(vol[s], map_b, map_c)
     # The source shows structure and the planes found it at t too: a warp that misses all of it
     # is a fit gone astray (from a rim slice's single line), not a painted "nothing here".
     if not out.any():
         return None
-    if max(len(targets[1]), len(targets[2])) > 1 and \
-            _line_agreement(vol[s], vol[t], targets) > _line_agreement(out, vol[t], targets):
-        return vol[s]
+    if max(len(targets[1]), len(targets[2])) > 1:
+        candidates = [out, vol[s]]
+        extent = _extent_maps(vol, targets, s)
+        if extent is not None:
+            stretched = _resample(vol[s], *extent)
+            if stretched.any():
+                candidates.append(stretched)
+        scores = [_line_agreement(c, vol[t], targets) for c in candidates]
+        return candidates[int(np.argmax(scores))]
     return out
 
 
@@ -254,7 +297,8 @@ def extent_matched_warp(annotation: SparseAnnotation, axis: int,
     source's interval is read on the line that the map along ``b`` sends to that plane (two
     rounds of refitting), so a small source slice cut near its rim is not over-stretched.
     Where more than one painted plane crosses in a direction, the fit is checked on the
-    target's painted lines and the source as it is replaces it when that matches them better.
+    target's painted lines against the source as it is and the source matched to the lines'
+    overall extent, and the best of the three is kept.
     Between two painted slices the two resampled masks are blended by interpolating their 2D
     signed distances (shape-based interpolation), so an empty painted slice (no structure)
     shrinks the shape towards it. Slices where the orthogonal annotations show no structure

@@ -161,3 +161,21 @@ def test_the_protocols_second_painting_loses_at_most_0_01_on_the_cases_where_it_
     scores = [dice(segment_case(image, SparseAnnotation.from_dense(label, protocol_slices(truth, k))).label.array,
                    truth) for k in (1, 2)]
     assert scores[1] >= scores[0] - 0.01, scores
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_brainstems_second_painting_holds_for_other_forest_seeds(structures_dir, seed):
+    """The classifier's forest is seeded (0 by default). On the brainstem, the case nearest the
+    step limit, forests grown from seeds 1 and 2 with leaves of 4 samples lost 0.014 and 0.013
+    from k = 1 to k = 2; with leaves of 16 (the default now) 0.008 and under."""
+    from rada.appearance import AppearanceConfig
+    from rada.pipeline import SegmentConfig
+
+    folder = structures_dir / "brain_mri"
+    image = read_volume(folder / "image.nii.gz")
+    label = read_volume(folder / "labels" / "brainstem.nii.gz")
+    truth = label.array > 0
+    config = SegmentConfig(appearance=AppearanceConfig(seed=seed))
+    scores = [dice(segment_case(image, SparseAnnotation.from_dense(label, protocol_slices(truth, k)),
+                                config).label.array, truth) for k in (1, 2)]
+    assert scores[1] >= scores[0] - 0.01, scores

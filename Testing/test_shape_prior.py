@@ -12,8 +12,8 @@ import pytest
 
 from rada.annotation import SparseAnnotation
 from rada.metrics import dice
-from rada.shape_prior import (_fit_map, _line_agreement, _target_intervals, _warp_slice, extent_matched_warp,
-                               shape_prior, visual_hull)
+from rada.shape_prior import (_extent_maps, _fit_map, _line_agreement, _target_intervals, _warp_slice,
+                               extent_matched_warp, shape_prior, visual_hull)
 from rada.volume import Volume
 
 
@@ -98,6 +98,44 @@ def test_a_plane_that_misses_the_source_but_crosses_the_target_is_read_where_the
     for z in (12, 16, 20, 24, 28):
         assert dice(warp[z], ball[z]) > 0.75, (z, warp[z].sum(), ball[z].sum())
     assert dice(warp[16:25], ball[16:25]) > 0.9
+
+
+
+@pytest.mark.parametrize("paint", [{"axial": [10], "coronal": [22], "sagittal": [24]},
+                                   {"axial": [10], "coronal": [31], "sagittal": [17]}],
+                         ids=["sagittal-misses", "coronal-misses"])
+def test_the_missed_direction_is_re_read_along_its_own_lines_on_a_shape_with_no_symmetry(paint):
+    # An ellipsoid with three different radii: the off-centre plane (sagittal or coronal)
+    # misses the disc painted near the pole (radii 7.7 x 5.5) but crosses the middle. The
+    # re-read must use that direction's own lines, read along them, and the matched
+    # direction's map; on a ball any mix-up of the two directions goes unseen.
+    solid = _ellipsoid((40, 44, 36), (20, 22, 17), (12.0, 14.0, 10.0))
+    warp = extent_matched_warp(SparseAnnotation.from_dense(Volume(solid.astype(np.uint8)), paint), 0)
+    for z in (12, 16, 20, 24, 28):
+        assert dice(warp[z], solid[z]) > 0.8, z
+    assert dice(warp[14:27], solid[14:27]) > 0.93
+
+
+def test_extent_maps_match_each_directions_overall_extent_on_the_painted_lines():
+    # Source (slice 0): rows 3-9, columns 2-9. Target (slice 1): rows 1-8, columns 4-7.
+    vol = np.zeros((2, 12, 12), bool)
+    vol[0, 3:10, 2:10] = True
+    vol[1, 1:9, 4:8] = True
+
+    def maps(columns: list[int], rows: list[int]):
+        targets = {1: _target_intervals(vol, 1, 1, columns), 2: _target_intervals(vol, 1, 2, rows)}
+        return _extent_maps(vol, targets, 0)
+
+    # Rows read on columns 5 and 6: target (1, 8) -> source (3, 9); columns read on rows 4 and
+    # 5: target (4, 7) -> source (2, 9).
+    (scale_b, shift_b), (scale_c, shift_c) = maps([5, 6], [4, 5])
+    assert (scale_b, shift_b) == (pytest.approx(6 / 7), pytest.approx(3 - 6 / 7))
+    assert (scale_c, shift_c) == (pytest.approx(7 / 3), pytest.approx(2 - 4 * 7 / 3))
+    # A direction whose lines show nothing on either slice keeps the source as it is.
+    assert maps([5, 6], [11])[1] == (1.0, 0.0)
+    # One slice shows structure on a direction's lines and the other does not: no map.
+    assert maps([5, 6], [9]) is None  # row 9: the source only
+    assert maps([5, 6], [1]) is None  # row 1: the target only
 
 
 def test_a_structure_cut_by_the_volume_border_keeps_its_border_voxels():

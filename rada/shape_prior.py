@@ -221,7 +221,7 @@ def _extent_maps(vol: np.ndarray, targets: dict[int, list[tuple[int, tuple[int, 
     maps = []
     for along in (1, 2):
         target = _span([iv for _, iv in targets[along]])
-        source = _span([_interval(vol[s, :, i] if along == 1 else vol[s, i, :]) for i, _ in targets[along]])
+        source = _span([iv for _, iv in _target_intervals(vol, s, along, [i for i, _ in targets[along]])])
         if target is None and source is None:
             maps.append((1.0, 0.0))
         elif target is None or source is None:
